@@ -1,0 +1,56 @@
+# Written with AI assistance; review before relying on it.
+"""The adapter seam: what the runner needs from a model, and nothing more.
+
+An adapter declares its capabilities and turns a validated `GenerationRequest` into a stream of text
+pieces, filling `GenerationStats` as it goes. The runner (predict.py) never branches on a model name;
+serving another model means one new adapter module and one line in cerebro/adapters/__init__.py.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cerebro.request import GenerationRequest
+from cerebro.settings import Settings
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_images: int  # per request, before the deployment's own limit
+    json_schema: bool  # constrained decoding to a JSON Schema
+    streaming: bool  # yields text while generating
+    max_context_tokens: int  # prompt (image tokens included) + new tokens
+
+
+@dataclass
+class GenerationStats:
+    input_token_count: int = 0
+    output_token_count: int = 0
+    time_to_first_token: float | None = None  # seconds, from request start (preprocessing included)
+    tokens_per_second: float | None = None  # decode rate after the first token
+    finish_reason: str = ""  # "stop" (a stop token), "length" (max_new_tokens), "cancelled"
+    seed: int | None = None  # the seed actually used, so a sampled answer can be reproduced
+
+
+class ModelAdapter(abc.ABC):
+    name: ClassVar[str]
+    capabilities: Capabilities
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, settings: Settings) -> ModelAdapter:
+        """Load weights and everything else once; called from the runner's setup()."""
+
+    @abc.abstractmethod
+    def generate(
+        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Yield text pieces as they are decoded; stop promptly once `cancel` is set."""
+
+    def describe(self) -> dict[str, str]:
+        """What setup() logs about this adapter (device, dtype, ...)."""
+        return {"adapter": self.name}

@@ -1,0 +1,209 @@
+# Written with AI assistance; review before relying on it.
+"""Phi-3.5-vision-instruct as a Cerebro adapter: request -> chat prompt -> processor -> token stream.
+
+Owns what is specific to this model: image tags (`<|image_N|>` added when the prompt has none), the
+chat template, the num_crops default (Microsoft's advice: 16 for one image, 4 for several), the
+stop tokens (`<|end|>`, `<|endoftext|>`, `</s>`) and the context check. Sampling and the decode
+loop are cerebro/generation.py; the model itself is cerebro/models/phi3_v.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import torch
+
+from cerebro.adapters.base import Capabilities, GenerationStats, ModelAdapter
+from cerebro.errors import PromptError, WeightsError
+from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams, generate_tokens
+from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
+from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
+from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag
+from cerebro.request import GenerationRequest
+from cerebro.settings import Settings
+from cerebro.structured import JsonSchemaCompiler, validate_output
+
+log = logging.getLogger(__name__)
+
+STOP_TOKENS = ("<|end|>", "<|endoftext|>", "</s>")
+NUM_CROPS_ONE_IMAGE, NUM_CROPS_SEVERAL = 16, 4
+
+
+def resolve_device_and_dtype(settings: Settings) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if settings.dtype != "auto":
+        names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+        if settings.dtype not in names:
+            raise WeightsError(
+                f"CEREBRO_DTYPE={settings.dtype!r}; use auto, bfloat16, float16 or float32",
+                field="CEREBRO_DTYPE",
+            )
+        return device, names[settings.dtype]
+    if device.type == "cuda":
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, torch.float32
+
+
+def build_prompt(request: GenerationRequest) -> list[dict[str, str]]:
+    """Chat messages; image tags for every image are prepended when the prompt has none."""
+    n = len(request.images)
+    content = request.prompt
+    if IMAGE_TAG.search(content) is None:
+        content = "".join(f"{image_tag(k)}\n" for k in range(1, n + 1)) + content
+    check_image_tags(content, n)
+    messages = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
+    return [*messages, {"role": "user", "content": content}]
+
+
+class Phi3VAdapter(ModelAdapter):
+    name: ClassVar[str] = "phi3_v"
+
+    def __init__(self, model: Phi3VForCausalLM, processor: Phi3VProcessor, max_context_tokens: int) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        limit = min(max_context_tokens, int(model.config.max_position_embeddings))
+        self.capabilities = Capabilities(
+            max_images=16, json_schema=True, streaming=True, max_context_tokens=limit
+        )
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
+        self.stop_ids = frozenset(i for i in ids if isinstance(i, int) and i >= 0)
+        self._image_processors: dict[int, Phi3VImageProcessor] = {}
+        self._schema_compiler: JsonSchemaCompiler | None = None
+
+    @classmethod
+    def load(cls, settings: Settings) -> Phi3VAdapter:
+        device, dtype = resolve_device_and_dtype(settings)
+        model = Phi3VForCausalLM.from_pretrained(
+            settings.model_dir, torch_dtype=dtype, attn_implementation=settings.attention, device=device
+        )
+        processor = Phi3VProcessor.from_pretrained(settings.model_dir)
+        return cls(model, processor, settings.max_context_tokens)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "adapter": self.name,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "attention": str(self.model.config._attn_implementation),
+            "max_context_tokens": str(self.capabilities.max_context_tokens),
+        }
+
+    def image_processor(self, num_crops: int) -> Phi3VImageProcessor:
+        if num_crops not in self._image_processors:
+            base = self.processor.image_processor
+            self._image_processors[num_crops] = Phi3VImageProcessor(
+                num_crops=num_crops,
+                image_mean=tuple(base.mean.flatten().tolist()),
+                image_std=tuple(base.std.flatten().tolist()),
+                crop_size=base.crop_size,
+                patch_size=base.patch_size,
+            )
+        return self._image_processors[num_crops]
+
+    def schema_compiler(self) -> JsonSchemaCompiler:
+        if self._schema_compiler is None:  # built on first use: most requests carry no schema
+            self._schema_compiler = JsonSchemaCompiler(
+                self.tokenizer, int(self.model.config.vocab_size), sorted(self.stop_ids)
+            )
+        return self._schema_compiler
+
+    def prepare(self, request: GenerationRequest) -> dict[str, torch.Tensor]:
+        """Prompt and images -> model inputs; raises PromptError when they do not fit the context."""
+        num_crops = request.num_crops or (
+            NUM_CROPS_ONE_IMAGE if len(request.images) == 1 else NUM_CROPS_SEVERAL
+        )
+        prompt = self.tokenizer.apply_chat_template(
+            build_prompt(request), tokenize=False, add_generation_prompt=True
+        )
+        processor = Phi3VProcessor(self.image_processor(num_crops), self.tokenizer)
+        inputs = dict(processor(text=prompt, images=list(request.images)))
+        n_prompt = int(inputs["input_ids"].shape[1])
+        limit = self.capabilities.max_context_tokens
+        if n_prompt + request.max_new_tokens > limit:
+            n_image = int((inputs["input_ids"] < 0).sum())
+            raise PromptError(
+                f"the prompt is {n_prompt} tokens ({n_image} of them for {len(request.images)} image(s) at "
+                f"num_crops={num_crops}) and max_new_tokens is {request.max_new_tokens}: {n_prompt + request.max_new_tokens}"
+                f" in all; the limit is {limit}. Shorten the prompt, lower num_crops or max_new_tokens",
+                field="prompt",
+                code="E1011",
+            )
+        inputs.pop("num_img_tokens", None)
+        return inputs
+
+    def generate(
+        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        started = time.perf_counter()
+        constraint = self.schema_compiler().compile(request.json_schema) if request.json_schema else None
+        inputs = self.prepare(request)
+        stats.input_token_count = int(inputs["input_ids"].shape[1])
+        seed = request.seed if request.seed is not None else secrets.randbits(32)
+        stats.seed = seed
+        sampler = Sampler(
+            SamplingParams(
+                request.temperature, request.top_p, request.top_k, request.repetition_penalty, seed
+            ),
+            self.model.device,
+        )
+        decoder = IncrementalDecoder(self.tokenizer)
+        text: list[str] = []
+        first_at: float | None = None
+        stats.finish_reason = "length"
+        for token in generate_tokens(
+            self.model,
+            inputs,
+            max_new_tokens=request.max_new_tokens,
+            sampler=sampler,
+            stop_ids=self.stop_ids,
+            constraint=constraint,
+            cancel=cancel,
+        ):
+            now = time.perf_counter()
+            if first_at is None:
+                first_at = now
+                stats.time_to_first_token = now - started
+            stats.output_token_count += 1
+            if token in self.stop_ids:
+                stats.finish_reason = "stop"
+                break
+            piece = decoder.push(token)
+            if piece:
+                text.append(piece)
+                yield piece
+        else:
+            if constraint is not None and constraint.is_finished():
+                stats.finish_reason = "stop"
+        if cancel is not None and cancel.is_set():
+            stats.finish_reason = "cancelled"
+        tail = decoder.flush()
+        if tail:
+            text.append(tail)
+            yield tail
+        if first_at is not None and stats.output_token_count > 1:
+            stats.tokens_per_second = (stats.output_token_count - 1) / max(
+                time.perf_counter() - first_at, 1e-9
+            )
+        if request.json_schema is not None and stats.finish_reason != "cancelled":
+            validate_output("".join(text), request.json_schema, request.max_new_tokens)
+
+    def warmup(self) -> float:
+        """One short generation on a synthetic image: compiles kernels and proves the model runs."""
+        from PIL import Image
+
+        started = time.perf_counter()
+        request = GenerationRequest(
+            prompt="What is in this image?",
+            images=(Image.new("RGB", (64, 48), "gray"),),
+            max_new_tokens=2,
+            num_crops=1,
+        )
+        for _ in self.generate(request, GenerationStats()):
+            pass
+        return time.perf_counter() - started

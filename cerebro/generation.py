@@ -1,0 +1,152 @@
+# Written with AI assistance; review before relying on it.
+"""Token generation for one request: prefill, sampling, the decode loop and incremental detokenization.
+
+Written for Hugging-Face-style causal LMs whose forward takes `past_key_values` and returns logits (the
+native Phi-3.5-vision model). Kept small on purpose; the plain transformers `generate` gives the same
+greedy tokens (a test checks it), but this loop also takes per-request sampling settings, a grammar
+constraint, stop ids and a cancel flag, and yields each token as soon as it exists.
+
+LongRoPE: when the sequence first reaches original_max + 1 tokens while the cache holds fewer, the
+cache is dropped and the whole sequence re-encoded with the long factors (as the official code does),
+reusing the image features from prefill.
+
+Not here: prompts, images, chat templates (the adapter), JSON schemas (structured.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+class LogitsConstraint(Protocol):
+    def mask(self, logits: torch.Tensor) -> None: ...  # in place, [V]
+    def accept(self, token: int) -> None: ...
+    def is_finished(self) -> bool: ...
+
+
+class Sampler:
+    """Per-request sampling with its own seeded generator (results do not depend on other requests)."""
+
+    def __init__(self, params: SamplingParams, device: torch.device) -> None:
+        self.params = params
+        self.generator = torch.Generator(device=device).manual_seed(params.seed)
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None) -> int:
+        """logits [V] (float32) -> one token id. `seen` [S]: ids already in the sequence (>= 0)."""
+        p = self.params
+        if p.repetition_penalty != 1.0 and seen is not None and seen.numel():
+            # transformers' rule: divide positive logits, multiply negative ones, for every seen token.
+            picked = logits[seen]
+            logits = logits.scatter(
+                0, seen, torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+            )
+        if p.temperature == 0.0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the first token always
+            logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def generate_tokens(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    *,
+    max_new_tokens: int,
+    sampler: Sampler,
+    stop_ids: frozenset[int],
+    constraint: LogitsConstraint | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[int]:
+    """Yield new token ids (stop tokens included, then the loop ends). inputs: input_ids [1, L] and the
+    model's extra inputs (pixel_values, image_sizes). Batch size 1."""
+    device = model.device
+    input_ids = inputs["input_ids"].to(device)
+    extra = {k: v.to(device) for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}
+    original_max = getattr(model.config, "original_max_position_embeddings", None)
+    longrope = model.config.rope_parameters.get("rope_type") == "longrope" and original_max is not None
+    sequence = [int(t) for t in input_ids[0]]
+    seen = input_ids[0][input_ids[0] >= 0]
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
+        image_embeds = getattr(out, "image_embeds", None)
+        for _ in range(max_new_tokens):
+            if cancel is not None and cancel.is_set():
+                return
+            logits = out.logits[0, -1].float()
+            if constraint is not None:
+                constraint.mask(logits)
+            token = sampler(logits, seen)
+            if constraint is not None:
+                constraint.accept(token)
+            yield token
+            if token in stop_ids or (constraint is not None and constraint.is_finished()):
+                return
+            sequence.append(token)
+            seen = torch.cat([seen, torch.tensor([token], device=device)])
+            if longrope and len(sequence) == original_max + 1 and cache.get_seq_length() <= original_max:
+                cache = DynamicCache(config=model.config)
+                full = torch.tensor([sequence], device=device)
+                out = model(
+                    input_ids=full,
+                    image_embeds=image_embeds,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            else:
+                step = torch.tensor([[token]], device=device)
+                out = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+
+class IncrementalDecoder:
+    """Token ids in, text deltas out, without re-decoding the whole answer at every step.
+
+    Decodes a small window (from the last emitted boundary) so SentencePiece's leading-space rules and
+    multi-token UTF-8 characters come out right; holds text back while it ends in U+FFFD (a character
+    whose bytes are not complete yet).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the decode window
+        self.read = 0  # tokens already turned into emitted text
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]

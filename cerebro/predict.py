@@ -1,0 +1,167 @@
+# Written with AI assistance; review before relying on it.
+"""The Cog boundary: inputs in, a validated request to the model adapter, a stream of text out.
+
+No tensor code and no model names here. Settings are read once in setup(); every input is validated
+inside run() (cerebro/request.py), because a Cog server started without the OpenAPI schema that
+`cog build` writes validates nothing. Errors are translated here, once: Cerebro's own errors keep
+their code ("E1103 ImageError: ..."), anything unexpected becomes "E2000 ServerError: ..." with the
+traceback in the log, and a CUDA out-of-memory error fails only this prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cog import BaseRunner, ConcatenateIterator, Input, Path
+
+from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
+from cerebro.errors import CerebroError, GenerationError, ServerError, WeightsError
+from cerebro.request import LIMITS, build_request
+from cerebro.settings import Settings
+from cerebro.utils import FetchPolicy, ImageLimits, configure_logging, load_image
+
+log = logging.getLogger(__name__)
+
+
+def _range(name: str) -> dict[str, Any]:
+    limit = LIMITS[name]
+    return {"ge": limit.low, "le": limit.high, "default": limit.default}
+
+
+class Predictor(BaseRunner):
+    def setup(self) -> None:
+        started = time.perf_counter()
+        self.settings = Settings.from_env()
+        configure_logging(self.settings.log_level)
+        model_dir = self.settings.model_dir
+        if not (model_dir / "config.json").is_file():
+            raise WeightsError(
+                f"no model weights in {model_dir} (looked for config.json and *.safetensors there). In the Cog "
+                "image they are baked in at build time by cog.yaml; elsewhere set CEREBRO_MODEL_DIR to a folder "
+                "with the official checkpoint, or make a tiny demo model: python -m cerebro tiny-model DIR",
+                field="CEREBRO_MODEL_DIR",
+                code="E2010",
+            )
+        self.adapter: ModelAdapter = get_adapter(self.settings.adapter).load(self.settings)
+        self.image_limits = ImageLimits(
+            max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+        )
+        self.fetch_policy = FetchPolicy(
+            allow_loopback=self.settings.allow_loopback_urls, allow_private=self.settings.allow_private_urls
+        )
+        load_s = time.perf_counter() - started
+        warmup_s = self.adapter.warmup() if self.settings.warmup and hasattr(self.adapter, "warmup") else 0.0
+        details = " ".join(f"{k}={v}" for k, v in self.adapter.describe().items())
+        log.info(
+            "setup_s=%.2f load_s=%.2f warmup_s=%.2f %s",
+            time.perf_counter() - started,
+            load_s,
+            warmup_s,
+            details,
+        )
+
+    def run(
+        self,
+        prompt: str = Input(
+            description="What to find out about the image(s). Image tags <|image_1|>.. are "
+            "added in front when the prompt has none."
+        ),
+        image: Path | None = Input(default=None, description="An image (JPEG, PNG, WebP, GIF, BMP, TIFF)."),
+        images: list[Path] | None = Input(default=None, description="Several images, in order."),
+        system_prompt: str = Input(default="", description="Optional system message."),
+        max_new_tokens: int = Input(description="Most tokens to generate.", **_range("max_new_tokens")),
+        temperature: float = Input(description="0 = greedy (deterministic).", **_range("temperature")),
+        top_p: float = Input(description="Nucleus sampling mass (0 < top_p <= 1).", **_range("top_p")),
+        top_k: int = Input(description="Sample from the k most likely tokens; 0 = off.", **_range("top_k")),
+        repetition_penalty: float = Input(
+            description="1 = off; > 1 discourages repeats.", **_range("repetition_penalty")
+        ),
+        seed: int | None = Input(description="Random seed for sampling; empty = random.", **_range("seed")),
+        num_crops: int | None = Input(
+            description="Image crops 1..16; empty = 16 for one image, 4 for several.", **_range("num_crops")
+        ),
+        json_schema: str = Input(
+            default="",
+            description="A JSON Schema (as a string): the answer is JSON that validates against it.",
+        ),
+    ) -> ConcatenateIterator[str]:
+        sources: list[tuple[str, Any]] = []
+        if image is not None and str(image) != "":
+            sources.append(("image", image))
+        if isinstance(images, (str, Path)):  # a lone value where a list was expected
+            images = [images]
+        sources += [(f"images[{i}]", src) for i, src in enumerate(images or [])]
+        return self._stream(
+            dict(
+                prompt=prompt,
+                system_prompt=system_prompt,
+                json_schema=json_schema,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repetition_penalty=repetition_penalty,
+                seed=seed,
+                num_crops=num_crops,
+            ),
+            sources,
+        )
+
+    def _load(self, source: Any, field: str) -> Any:
+        return load_image(source, field=field, limits=self.image_limits, fetch=self.fetch_policy)
+
+    def _stream(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> Iterator[str]:
+        stats = GenerationStats()
+        try:
+            request = build_request(
+                image_sources=sources,
+                load_image=self._load,
+                max_images=min(self.settings.max_images, self.adapter.capabilities.max_images),
+                **inputs,
+            )
+            yield from self.adapter.generate(request, stats)
+        except CerebroError as err:
+            log.info(
+                "prediction_failed code=%s field=%s caller_error=%s", err.code, err.field, err.is_caller_error
+            )
+            raise
+        except Exception as err:
+            raise _translate(err) from err
+        finally:
+            self._record(stats)
+
+    def _record(self, stats: GenerationStats) -> None:
+        self.record_metric("input_token_count", stats.input_token_count)
+        self.record_metric("output_token_count", stats.output_token_count)
+        if stats.time_to_first_token is not None:
+            self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
+        if stats.tokens_per_second is not None:
+            self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
+        log.info(
+            "prediction input_tokens=%d output_tokens=%d ttft_s=%s tok_s=%s finish=%s seed=%s",
+            stats.input_token_count,
+            stats.output_token_count,
+            None if stats.time_to_first_token is None else round(stats.time_to_first_token, 3),
+            None if stats.tokens_per_second is None else round(stats.tokens_per_second, 1),
+            stats.finish_reason,
+            stats.seed,
+        )
+
+
+def _translate(err: Exception) -> CerebroError:
+    """An exception that is not ours: out-of-memory fails this request only; anything else is a bug."""
+    import torch
+
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        log.error("prediction_failed code=E2031 out_of_memory=%s", err)
+        return GenerationError(
+            "the GPU ran out of memory for this request; try fewer or smaller images, a "
+            "lower num_crops or max_new_tokens",
+            code="E2031",
+        )
+    log.exception("prediction_failed code=E2000 unexpected=%s", type(err).__name__)
+    return ServerError(f"internal error ({type(err).__name__}: {err})")

@@ -1,0 +1,95 @@
+# Written with AI assistance; review before relying on it.
+"""Per-deployment settings, read once in `setup()` from the environment into one frozen object.
+
+Each default lives here and only here. Per-request settings are Cog inputs (cerebro/request.py), not
+environment variables. Nothing in this module runs at import time.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| CEREBRO_MODEL_DIR | /model-cache | folder with the checkpoint (baked into the image by cog.yaml) |
+| CEREBRO_ADAPTER | phi3_v | which model adapter serves requests (cerebro/adapters) |
+| CEREBRO_DEVICE | cuda if available, else cpu | torch device |
+| CEREBRO_DTYPE | auto | auto = bfloat16 on GPUs that support it, float16 on other GPUs, float32 on CPU |
+| CEREBRO_ATTENTION | sdpa | sdpa, eager or flash_attention_2 |
+| CEREBRO_MAX_IMAGES | 8 | images per request |
+| CEREBRO_MAX_IMAGE_BYTES | 20971520 | bytes per image file (20 MiB) |
+| CEREBRO_MAX_IMAGE_PIXELS | 50000000 | decoded pixels per image (50 MP) |
+| CEREBRO_MAX_CONTEXT_TOKENS | 32768 | prompt (with image tokens) + max_new_tokens |
+| CEREBRO_ALLOW_LOOPBACK_URLS | false | let image URLs point at 127.0.0.0/8 and ::1 (tests) |
+| CEREBRO_ALLOW_PRIVATE_URLS | false | let image URLs point at private and link-local addresses |
+| CEREBRO_WARMUP | true | run a short generation in setup() so a broken image fails at boot |
+| CEREBRO_LOG_LEVEL | INFO | logging level |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cerebro.errors import InputError
+
+DEFAULT_MODEL_DIR = "/model-cache"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = Path(DEFAULT_MODEL_DIR)
+    adapter: str = "phi3_v"
+    device: str = ""  # empty = choose at load time (cuda if available)
+    dtype: str = "auto"
+    attention: str = "sdpa"
+    max_images: int = 8
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_context_tokens: int = 32768
+    allow_loopback_urls: bool = False
+    allow_private_urls: bool = False
+    warmup: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, default).strip() or default
+
+        def integer(name: str, default: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise InputError(f"{name}={raw!r} is not an integer", field=name) from None
+            if value < 1:
+                raise InputError(f"{name}={value} must be at least 1", field=name)
+            return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name, "").strip().lower()
+            if raw == "":
+                return default
+            if raw in TRUE or raw in FALSE:
+                return raw in TRUE
+            raise InputError(f"{name}={raw!r} is not a boolean; use true or false", field=name)
+
+        return cls(
+            model_dir=Path(text("CEREBRO_MODEL_DIR", str(d.model_dir))),
+            adapter=text("CEREBRO_ADAPTER", d.adapter),
+            device=env.get("CEREBRO_DEVICE", d.device).strip(),
+            dtype=text("CEREBRO_DTYPE", d.dtype),
+            attention=text("CEREBRO_ATTENTION", d.attention),
+            max_images=integer("CEREBRO_MAX_IMAGES", d.max_images),
+            max_image_bytes=integer("CEREBRO_MAX_IMAGE_BYTES", d.max_image_bytes),
+            max_image_pixels=integer("CEREBRO_MAX_IMAGE_PIXELS", d.max_image_pixels),
+            max_context_tokens=integer("CEREBRO_MAX_CONTEXT_TOKENS", d.max_context_tokens),
+            allow_loopback_urls=flag("CEREBRO_ALLOW_LOOPBACK_URLS", d.allow_loopback_urls),
+            allow_private_urls=flag("CEREBRO_ALLOW_PRIVATE_URLS", d.allow_private_urls),
+            warmup=flag("CEREBRO_WARMUP", d.warmup),
+            log_level=text("CEREBRO_LOG_LEVEL", d.log_level).upper(),
+        )
