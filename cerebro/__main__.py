@@ -1,0 +1,219 @@
+# Written with AI assistance; review before relying on it.
+"""The `cerebro` command (also `python -m cerebro`): serve, predict, tiny-model.
+
+    cerebro serve --model-dir DIR [--host 127.0.0.1] [--port 5000]
+    cerebro predict (--model-dir DIR | --url http://HOST:PORT | --replicate OWNER/NAME[:VERSION])
+                    --image FILE_OR_URL [--image ...] --prompt "..." [--json-schema FILE] [options]
+    cerebro tiny-model OUT_DIR [--tokenizer-dir DIR]
+
+`predict` is one verb for every target: in-process on local weights, a self-hosted Cog container, or a
+model deployed on Replicate (token from REPLICATE_API_TOKEN). Argument parsing and dispatch only; the
+work is in cerebro/client.py, cerebro/serving.py, cerebro/predict.py and cerebro/models/phi3_v/tiny.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from cerebro import client
+from cerebro.errors import CerebroError
+
+RUNNER_REF = "cerebro/predict.py:Predictor"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cerebro", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    serve = verbs.add_parser("serve", help="run the Cog HTTP server (coglet) on this runner, without Docker")
+    serve.add_argument(
+        "--model-dir", required=True, help="folder with the checkpoint (sets CEREBRO_MODEL_DIR)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 = all)"
+    )
+    serve.add_argument("--port", type=int, default=5000)
+
+    predict = verbs.add_parser("predict", help="run one prediction (in-process, self-hosted or on Replicate)")
+    target = predict.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model-dir", help="run in this process on the checkpoint in this folder")
+    target.add_argument(
+        "--url", help="a self-hosted Cerebro container (Cog HTTP API), e.g. http://localhost:5000"
+    )
+    target.add_argument("--replicate", metavar="OWNER/NAME[:VERSION]", help="a model deployed on Replicate")
+    predict.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        required=True,
+        help="image file, http(s) URL or data URI; repeat for several images",
+    )
+    predict.add_argument("--prompt", required=True)
+    predict.add_argument("--system-prompt")
+    predict.add_argument("--json-schema", metavar="FILE", help="a JSON Schema file: the answer will validate")
+    predict.add_argument("--max-new-tokens", type=int)
+    predict.add_argument("--temperature", type=float)
+    predict.add_argument("--top-p", type=float)
+    predict.add_argument("--top-k", type=int)
+    predict.add_argument("--repetition-penalty", type=float)
+    predict.add_argument("--seed", type=int)
+    predict.add_argument("--num-crops", type=int)
+    predict.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="print tokens as they arrive (default) or the whole answer at the end",
+    )
+    predict.add_argument(
+        "--json", action="store_true", help="print the whole prediction (output, metrics) as JSON"
+    )
+
+    tiny = verbs.add_parser("tiny-model", help="write a tiny random-weight checkpoint (meaningless output)")
+    tiny.add_argument("out_dir")
+    tiny.add_argument(
+        "--tokenizer-dir",
+        required=True,
+        help="folder with tokenizer.json and tokenizer_config.json to copy (e.g. the real tokenizer)",
+    )
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--num-crops", type=int, default=4)
+    tiny.add_argument("--shards", type=int, default=1)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "serve":
+            return _serve(args)
+        if args.verb == "tiny-model":
+            return _tiny_model(args, out)
+        return _predict(args, out, err)
+    except CerebroError as error:
+        print(f"error: {error}", file=err)
+        return client.EXIT_USAGE if error.is_caller_error else client.EXIT_API
+    except KeyboardInterrupt:
+        return client.EXIT_INTERRUPTED
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cerebro import serving
+
+    model_dir = Path(args.model_dir).resolve()
+    runner = Path(__file__).resolve().parent / "predict.py"
+    project = runner.parent.parent
+    os.chdir(project)  # the runner reference and the schema's .cog/ folder are relative to the project root
+    return serving.serve(
+        RUNNER_REF, host=args.host, port=args.port, env={"CEREBRO_MODEL_DIR": str(model_dir)}
+    )
+
+
+def _tiny_model(args: argparse.Namespace, out: TextIO) -> int:
+    from cerebro.models.phi3_v.tiny import write_tiny_model
+
+    path = write_tiny_model(
+        args.out_dir, args.tokenizer_dir, seed=args.seed, num_crops=args.num_crops, shards=args.shards
+    )
+    print(f"wrote a tiny random-weight model to {path} (its answers are meaningless text)", file=out)
+    return client.EXIT_OK
+
+
+def _predict(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    extra = {
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "num_crops": args.num_crops,
+    }
+    if args.model_dir:
+        return _predict_local(args, out, err, {k: v for k, v in extra.items() if v is not None})
+    inputs = client.build_inputs(
+        prompt=args.prompt,
+        images=args.image,
+        system_prompt=args.system_prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        json_schema_file=args.json_schema,
+        extra={k: v for k, v in extra.items() if v is not None},
+    )
+    if args.url:
+        return client.predict_url(args.url, inputs, stream=args.stream, as_json=args.json, out=out, err=err)
+    return client.predict_replicate(
+        args.replicate, inputs, stream=args.stream, as_json=args.json, out=out, err=err
+    )
+
+
+def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: dict[str, Any]) -> int:
+    os.environ["CEREBRO_MODEL_DIR"] = str(Path(args.model_dir).resolve())
+    from cerebro.predict import Predictor
+    from cerebro.request import LIMITS
+
+    class LocalPredictor(Predictor):
+        """Keeps the metrics that a Cog server would attach to the prediction."""
+
+        metrics: dict[str, Any]
+
+        def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
+            self.metrics[key] = value
+
+    predictor = LocalPredictor()
+    predictor.metrics = {}
+    predictor.setup()
+    schema = (
+        client.build_inputs(prompt=args.prompt, images=[], json_schema_file=args.json_schema).get(
+            "json_schema", ""
+        )
+        if args.json_schema
+        else ""
+    )
+    inputs: dict[str, Any] = {name: limit.default for name, limit in LIMITS.items()}
+    inputs.update({"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed})
+    inputs.update(extra)
+    inputs = {k: (LIMITS[k].default if v is None and k in LIMITS else v) for k, v in inputs.items()}
+    stream = predictor.run(
+        prompt=args.prompt,
+        image=None,
+        images=args.image,
+        system_prompt=args.system_prompt or "",
+        json_schema=schema,
+        **inputs,
+    )
+    pieces: list[str] = []
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            if args.stream and not args.json:
+                out.write(piece)
+                out.flush()
+    except CerebroError as error:
+        if args.json:
+            print(
+                json.dumps({"status": "failed", "error": str(error), "metrics": predictor.metrics}), file=out
+            )
+        else:
+            print(f"\nerror: {error}", file=err)
+        return client.EXIT_API
+    text = "".join(pieces)
+    if args.json:
+        print(
+            json.dumps({"status": "succeeded", "output": text, "metrics": predictor.metrics}, indent=2),
+            file=out,
+        )
+    elif not args.stream:
+        print(text, file=out)
+    else:
+        out.write("\n")
+    return client.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
