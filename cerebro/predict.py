@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cog import BaseRunner, ConcatenateIterator, Input, Path
+from cog import BaseRunner, ConcatenateIterator, Input, Path, streaming
 
 from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
 from cerebro.errors import CerebroError, GenerationError, ServerError, WeightsError
@@ -63,6 +63,7 @@ class Predictor(BaseRunner):
             details,
         )
 
+    @streaming  # lets the Cog server stream the pieces as server-sent events
     def run(
         self,
         prompt: str = Input(

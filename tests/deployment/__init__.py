@@ -1,0 +1,1 @@
+# Written with AI assistance; review before relying on it.
