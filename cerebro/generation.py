@@ -85,8 +85,8 @@ def generate_tokens(
     device = model.device
     input_ids = inputs["input_ids"].to(device)
     extra = {k: v.to(device) for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}
-    original_max = getattr(model.config, "original_max_position_embeddings", None)
-    longrope = model.config.rope_parameters.get("rope_type") == "longrope" and original_max is not None
+    original_max: int = getattr(model.config, "original_max_position_embeddings", None) or 0
+    longrope = model.config.rope_parameters.get("rope_type") == "longrope" and original_max > 0
     sequence = [int(t) for t in input_ids[0]]
     seen = input_ids[0][input_ids[0] >= 0]
     cache = DynamicCache(config=model.config)

@@ -33,7 +33,7 @@ def get_adapter(name: str) -> type[ModelAdapter]:
         module, _, cls = entry.partition(":")
         entry = getattr(importlib.import_module(module), cls)
         _REGISTRY[name] = entry
-    return entry  # type: ignore[return-value]
+    return entry
 
 
 __all__ = ["Capabilities", "GenerationStats", "ModelAdapter", "get_adapter", "names", "register"]

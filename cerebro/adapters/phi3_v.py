@@ -129,7 +129,8 @@ class Phi3VAdapter(ModelAdapter):
             n_image = int((inputs["input_ids"] < 0).sum())
             raise PromptError(
                 f"the prompt is {n_prompt} tokens ({n_image} of them for {len(request.images)} image(s) at "
-                f"num_crops={num_crops}) and max_new_tokens is {request.max_new_tokens}: {n_prompt + request.max_new_tokens}"
+                f"num_crops={num_crops}) and max_new_tokens is {request.max_new_tokens}: "
+                f"{n_prompt + request.max_new_tokens}"
                 f" in all; the limit is {limit}. Shorten the prompt, lower num_crops or max_new_tokens",
                 field="prompt",
                 code="E1011",

@@ -52,7 +52,8 @@ def hd_layout(width: int, height: int, num_crops: int, crop_size: int = 336) -> 
     new_h = int(new_w / ratio)  # truncation, as the official code does
     if new_h < 1:
         raise ImageError(
-            f"a {width}x{height} image is too thin to process: at {new_w} pixels long its short side rounds to "
+            f"a {width}x{height} image is too thin to process: at {new_w} pixels long its short side "
+            "rounds to "
             f"0 pixels; the aspect ratio is {ratio:.0f}:1 and the limit is {new_w}:1",
             code="E1104",
         )

@@ -128,7 +128,8 @@ def image_token_mask(input_ids: torch.Tensor, num_image_features: int) -> torch.
     found = int(mask.sum())
     if found != num_image_features:
         raise PromptError(
-            f"the input has {found} image-token positions but the images produced {num_image_features} features; "
+            f"the input has {found} image-token positions but the images produced {num_image_features} "
+            "features; "
             "build inputs with Phi3VProcessor so that both agree",
             field="input_ids",
             code="E1012",

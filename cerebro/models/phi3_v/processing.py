@@ -38,7 +38,8 @@ def check_image_tags(prompt: str, num_images: int) -> list[int]:
     tags = [int(m) for m in IMAGE_TAG.findall(prompt)]
     if len(tags) != num_images:
         raise PromptError(
-            f"the prompt has {len(tags)} image tag(s) {[image_tag(t) for t in tags]} but {num_images} image(s) "
+            f"the prompt has {len(tags)} image tag(s) {[image_tag(t) for t in tags]} but {num_images} "
+            "image(s) "
             f"were given; each image needs exactly one tag <|image_1|> .. <|image_{num_images}|>",
             field="prompt",
             code="E1012",
