@@ -42,6 +42,8 @@ def hd_layout(width: int, height: int, num_crops: int, crop_size: int = 336) -> 
 
     Raises ImageError (E1104) when the aspect ratio is so extreme that the short side rounds to 0 pixels.
     """
+    if width < 1 or height < 1:
+        raise ImageError(f"a {width}x{height} image has no pixels to process", code="E1104")
     transposed = width < height
     w, h = (height, width) if transposed else (width, height)
     ratio = w / h

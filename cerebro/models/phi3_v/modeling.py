@@ -157,8 +157,8 @@ class Phi3VModel(Phi3Model):
         """input_ids [B, L] (negative = image token) -> (inputs_embeds [B, L, D], image_embeds [T_img, D])."""
         has_image_tokens = bool((input_ids < 0).any())
         inputs_embeds = self.embed_tokens(input_ids.clamp(0, self.config.vocab_size - 1))
-        if not has_image_tokens:
-            return inputs_embeds, image_embeds
+        if not has_image_tokens and pixel_values is None and image_embeds is None:
+            return inputs_embeds, None
         if image_embeds is None:
             if pixel_values is None or image_sizes is None:
                 raise PromptError(
