@@ -23,7 +23,8 @@ from cerebro.request import LIMITS, build_request
 from cerebro.settings import Settings
 from cerebro.utils import FetchPolicy, ImageLimits, configure_logging, load_image
 
-log = logging.getLogger(__name__)
+# Cog imports this file as the module "predict"; name the logger so it sits under "cerebro".
+log = logging.getLogger("cerebro.predict")
 
 
 def _range(name: str) -> dict[str, Any]:

@@ -1,0 +1,462 @@
+# Written with AI assistance; review before relying on it.
+"""Cerebro's predictor behind the real Cog server (coglet), over real HTTP, on a tiny random-weight model.
+
+What a caller of a deployed Cerebro sees: a prediction with its metrics, 422 for inputs the schema refuses,
+failed predictions carrying Cerebro's error codes ("E1103 ImageError: ..."), constrained JSON, server-sent
+events, cancel of an async prediction, and a server that stays healthy through a run of mixed requests. The
+tiny model's answers are meaningless text: these tests check shapes, codes and health, never words.
+
+The last section runs the core scenarios against a model deployed on Replicate (marker `network`), only
+when REPLICATE_API_TOKEN and CEREBRO_REPLICATE_MODEL are both set; nothing else here leaves this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import os
+import random
+import re
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import pytest
+from PIL import Image
+
+if TYPE_CHECKING:
+    from .conftest import CogHTTP
+
+RUNNER_REF = "cerebro/predict.py:Predictor"
+TERMINAL = ("succeeded", "failed", "canceled")
+METRICS = ("input_token_count", "output_token_count", "time_to_first_token", "tokens_per_second")
+WAIT_S = 30.0  # for a webhook, a cancel to land, the server to be READY again
+# coglet wraps the runner's error ("Prediction failed: Generator iteration error: ImageError: E1103
+# ImageError: ..."); the code is the one just before Cerebro's own "<Type>Error:".
+CODE_RE = re.compile(r"\b(E\d{4}) [A-Za-z]+Error:")
+
+
+def png_bytes(size: tuple[int, int] = (48, 32), color: str = "teal") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+PNG = png_bytes()
+# Seeded, so a failure reproduces; 512 random bytes are no image format Pillow knows.
+CORRUPT_PNG_URI = data_uri(random.Random(1103).randbytes(512))
+
+
+def tiny_input(**overrides: Any) -> dict[str, Any]:
+    """A cheap, deterministic request: one small image at num_crops=1, greedy, a few tokens."""
+    inputs: dict[str, Any] = {
+        "prompt": "What is in this image?",
+        "image": data_uri(PNG),
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "num_crops": 1,
+        "seed": 0,
+    }
+    inputs.update(overrides)
+    return {k: v for k, v in inputs.items() if v is not None}
+
+
+def error_code(body: dict[str, Any]) -> str | None:
+    match = CODE_RE.search(body.get("error") or "")
+    return match.group(1) if match else None
+
+
+class LoopbackPeer:
+    """The caller's side on a loopback port: serves images by path (GET) and records webhooks (POST)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.webhooks: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                content_type, data = peer.files.get(self.path, ("text/plain", b"not found"))
+                self.send_response(200 if self.path in peer.files else 404)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.end_headers()
+                with peer._changed:
+                    peer.webhooks.append(body)
+                    peer._changed.notify_all()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep pytest's output for failures
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.webhook_url = f"http://127.0.0.1:{self.port}/webhook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def serve(self, path: str, data: bytes, content_type: str = "image/png") -> str:
+        self.files[path] = (content_type, data)
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = WAIT_S
+    ) -> dict[str, Any] | None:
+        """The first webhook body that matches, or None after `timeout_s`."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: next((body for body in self.webhooks if predicate(body)), None), timeout=timeout_s
+            )
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[LoopbackPeer]:
+    server = LoopbackPeer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def cerebro_url(cog_server: Callable[..., str], tiny_model_dir: Path) -> str:
+    return cog_server(
+        RUNNER_REF,
+        env={
+            "CEREBRO_MODEL_DIR": str(tiny_model_dir),
+            "CEREBRO_ALLOW_LOOPBACK_URLS": "true",  # the image URLs below are served by LoopbackPeer
+            "CEREBRO_LOG_LEVEL": "INFO",
+        },
+    )
+
+
+def health(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base_url}/health-check", timeout=5) as response:
+        return dict(json.load(response))
+
+
+def wait_ready(base_url: str, timeout_s: float = WAIT_S) -> str:
+    """The health status once READY, or the last one seen after `timeout_s` (BUSY while a run unwinds)."""
+    deadline = time.monotonic() + timeout_s
+    status = health(base_url)["status"]
+    while status != "READY" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = health(base_url)["status"]
+    return str(status)
+
+
+def assert_succeeded(status: int, body: dict[str, Any], max_new_tokens: int = 8) -> None:
+    assert status == 200, body
+    assert body["status"] == "succeeded", body.get("error")
+    output = body["output"]
+    assert isinstance(output, list) and output, output
+    assert all(isinstance(chunk, str) for chunk in output), output
+    metrics = body["metrics"]
+    assert set(METRICS) <= set(metrics), metrics
+    assert metrics["input_token_count"] > 0
+    assert 1 <= metrics["output_token_count"] <= max_new_tokens
+    assert metrics["time_to_first_token"] > 0
+    assert metrics["tokens_per_second"] > 0
+
+
+def assert_failed(status: int, body: dict[str, Any], code: str) -> None:
+    assert status == 200, body  # a failed run is a successful request
+    assert body["status"] == "failed", body
+    assert error_code(body) == code, body.get("error")
+
+
+# --------------------------------------------------------------------------------------- predictions
+
+
+def test_prediction_from_a_data_uri_returns_text_and_metrics(cerebro_url: str, cog_http: CogHTTP) -> None:
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input()})
+
+    assert_succeeded(status, body)
+
+
+def test_prediction_from_a_loopback_url_returns_text_and_metrics(
+    cerebro_url: str, cog_http: CogHTTP, peer: LoopbackPeer
+) -> None:
+    # Cog itself downloads the URL before run() today (see test_image_urls_go_through_cerebros_fetch_policy).
+    url = peer.serve("/photo.png", PNG)
+
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(image=url)})
+
+    assert_succeeded(status, body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_new_tokens", 0),
+        ("max_new_tokens", 99999),
+        ("temperature", -1),
+        ("temperature", "hot"),
+        ("num_crops", 17),
+        ("prompt", None),  # tiny_input leaves out an input given as None
+    ],
+)
+def test_inputs_outside_the_schema_are_refused_with_422(
+    cerebro_url: str, cog_http: CogHTTP, field: str, value: Any
+) -> None:
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(**{field: value})})
+
+    assert status == 422, body
+    assert [d["loc"] for d in body["detail"]] == [["body", "input", field]], body["detail"]
+    assert all(d["msg"] for d in body["detail"])
+
+
+def test_corrupt_image_fails_with_E1103_and_the_server_goes_on(cerebro_url: str, cog_http: CogHTTP) -> None:
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(image=CORRUPT_PNG_URI)})
+
+    assert_failed(status, body, "E1103")
+    assert "cannot be decoded" in body["error"]
+    assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "names"),
+    [
+        ({"prompt": ""}, "E1010", "prompt"),
+        ({"prompt": "  \n "}, "E1010", "prompt"),
+        ({"image": None}, "E1100", "image"),
+        ({"prompt": "<|image_2|> What is this?"}, "E1012", "<|image_2|>"),
+        ({"json_schema": "{not json"}, "E1300", "json_schema"),
+        ({"json_schema": '{"type": 12}'}, "E1300", "json_schema"),
+        # The schema says top_p >= 0 (OpenAPI 3.0 has no exclusive bound here); run() refuses 0 itself.
+        ({"top_p": 0}, "E1001", "top_p"),
+    ],
+)
+def test_requests_the_predictor_refuses_fail_with_their_code(
+    cerebro_url: str, cog_http: CogHTTP, overrides: dict[str, Any], code: str, names: str
+) -> None:
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(**overrides)})
+
+    assert_failed(status, body, code)
+    assert names in body["error"]
+    assert not body.get("output")
+    assert body["metrics"]["output_token_count"] == 0  # refused before any generation
+
+
+def test_json_schema_answer_parses_and_validates(cerebro_url: str, cog_http: CogHTTP) -> None:
+    # Every value is bounded (a boolean, an enum), so even random weights finish well within 64 tokens.
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "teal"]}},
+        "required": ["ok", "color"],
+        "additionalProperties": False,
+    }
+
+    status, body = cog_http.predict(
+        cerebro_url, {"input": tiny_input(json_schema=json.dumps(schema), max_new_tokens=64)}
+    )
+
+    assert_succeeded(status, body, max_new_tokens=64)
+    answer = json.loads("".join(body["output"]))
+    jsonschema.validate(answer, schema)
+
+
+def test_output_streams_as_server_sent_events(cerebro_url: str, cog_http: CogHTTP) -> None:
+    request = {"input": tiny_input(max_new_tokens=12)}
+
+    events = list(cog_http.events(f"{cerebro_url}/predictions", request))
+
+    assert events[0].name == "start"
+    assert events[-1].name == "completed"
+    outputs = [e.data for e in events if e.name == "output"]
+    assert len(outputs) >= 2, events
+    assert [o["index"] for o in outputs] == list(range(len(outputs)))
+    completed = events[-1].data
+    assert completed["status"] == "succeeded", completed.get("error")
+    assert completed["output"] == [o["chunk"] for o in outputs]
+    assert set(METRICS) <= {e.data["name"] for e in events if e.name == "metric"}
+    # Greedy: the same request without streaming gives the same text.
+    status, body = cog_http.predict(cerebro_url, request)
+    assert status == 200
+    assert "".join(body["output"]) == "".join(o["chunk"] for o in outputs)
+
+
+def test_cancel_stops_a_long_async_prediction(
+    cerebro_url: str, cog_http: CogHTTP, peer: LoopbackPeer
+) -> None:
+    prediction_id = f"cerebro-cancel-{uuid.uuid4().hex[:12]}"
+    # 4096 sampled tokens take many seconds even for the tiny model on a CPU.
+    request = {
+        "id": prediction_id,
+        "input": tiny_input(max_new_tokens=4096, temperature=1.0, seed=7),
+        "webhook": peer.webhook_url,
+    }
+
+    status, body = cog_http.predict(cerebro_url, request, headers={"Prefer": "respond-async"})
+    assert (status, body) == (202, {"id": prediction_id, "status": "starting"})
+    # Cancel once it has produced output (or after a few seconds without any: the cancel is the point).
+    peer.wait_for(lambda p: p.get("id") == prediction_id and bool(p.get("output")), timeout_s=5.0)
+    status, _ = cog_http.post(f"{cerebro_url}/predictions/{prediction_id}/cancel")
+    assert status == 200
+
+    final = peer.wait_for(lambda p: p.get("id") == prediction_id and p["status"] in TERMINAL)
+    assert final is not None, f"no final webhook within {WAIT_S} s of the cancel"
+    assert final["status"] == "canceled"
+    assert len(final.get("output") or []) < 4096
+    assert wait_ready(cerebro_url) == "READY"
+    assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+
+
+def test_fifty_mixed_requests_in_a_row_leave_the_server_healthy(
+    cerebro_url: str, cog_http: CogHTTP, peer: LoopbackPeer
+) -> None:
+    url = peer.serve("/mixed.png", png_bytes((30, 50), "orange"))
+    # (inputs, expected): "succeeded", an HTTP 422 with the field, or a failure code.
+    cycle: list[tuple[dict[str, Any], str | tuple[int, str]]] = [
+        (tiny_input(max_new_tokens=2), "succeeded"),
+        (tiny_input(max_new_tokens=0), (422, "max_new_tokens")),
+        (tiny_input(image=CORRUPT_PNG_URI), "E1103"),
+        (tiny_input(prompt=""), "E1010"),
+        (tiny_input(num_crops=17), (422, "num_crops")),
+        (tiny_input(image=url, max_new_tokens=2), "succeeded"),
+        (tiny_input(image=None), "E1100"),
+        (tiny_input(prompt="<|image_1|> and <|image_2|>?"), "E1012"),
+        (tiny_input(temperature="hot"), (422, "temperature")),
+        (tiny_input(json_schema="[1, 2"), "E1300"),
+    ]
+    seen: list[str] = []
+    for round_ in range(5):
+        for step, (inputs, expected) in enumerate(cycle):
+            status, body = cog_http.predict(cerebro_url, {"input": inputs})
+            where = f"round {round_} step {step}: expected {expected}, got {status} {body}"
+            if expected == "succeeded":
+                assert status == 200 and body["status"] == "succeeded" and body["output"], where
+            elif isinstance(expected, tuple):
+                assert status == expected[0], where
+                assert [d["loc"][-1] for d in body["detail"]] == [expected[1]], where
+            else:
+                assert status == 200 and body["status"] == "failed", where
+                assert error_code(body) == expected, where
+            seen.append(str(expected))
+
+    assert len(seen) == 50
+    assert wait_ready(cerebro_url) == "READY"
+    assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+
+
+# ------------------------------------------------------------------------- bugs found in cerebro/
+
+
+def test_operator_log_lines_reach_the_setup_and_prediction_logs(cerebro_url: str, cog_http: CogHTTP) -> None:
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input()})
+
+    assert status == 200 and body["status"] == "succeeded"
+    assert "setup_s=" in health(cerebro_url)["setup"]["logs"]
+    assert "prediction input_tokens=" in body["logs"]
+
+
+# -------------------------------------------------------------------------------------------- Replicate
+
+REPLICATE_WAIT_S = 900.0  # a cold boot of a GPU model on Replicate can take minutes
+
+
+@pytest.fixture(scope="module")
+def replicate_target() -> tuple[Any, str]:
+    """(replicate.Client, version id) of CEREBRO_REPLICATE_MODEL; skips when Replicate is not configured."""
+    token = os.environ.get("REPLICATE_API_TOKEN", "").strip()
+    model_ref = os.environ.get("CEREBRO_REPLICATE_MODEL", "").strip()
+    if not (token and model_ref):
+        pytest.skip(
+            "Replicate not configured: set REPLICATE_API_TOKEN and CEREBRO_REPLICATE_MODEL "
+            "(owner/name or owner/name:version) to run these against a deployed Cerebro"
+        )
+    import replicate
+    from replicate.identifier import ModelVersionIdentifier
+
+    client = replicate.Client(api_token=token)
+    owner, name, version = ModelVersionIdentifier.parse(model_ref)
+    if not version:
+        # The latest version, so that any model works (the /models/{owner}/{name}/predictions shortcut
+        # serves official models only).
+        latest = client.models.get(f"{owner}/{name}").latest_version
+        assert latest is not None, f"{owner}/{name} has no version on Replicate"
+        version = latest.id
+    return client, version
+
+
+def replicate_finish(prediction: Any) -> Any:
+    """Poll until the prediction ends; cancel it and fail after REPLICATE_WAIT_S."""
+    deadline = time.monotonic() + REPLICATE_WAIT_S
+    while prediction.status not in TERMINAL:
+        if time.monotonic() > deadline:
+            prediction.cancel()
+            pytest.fail(f"Replicate prediction {prediction.id} did not end within {REPLICATE_WAIT_S:.0f} s")
+        time.sleep(1.0)
+        prediction.reload()
+    return prediction
+
+
+@pytest.mark.network
+def test_replicate_prediction_returns_text_and_metrics(replicate_target: tuple[Any, str]) -> None:
+    client, version = replicate_target
+
+    prediction = replicate_finish(client.predictions.create(version=version, input=tiny_input()))
+
+    assert prediction.status == "succeeded", prediction.error
+    assert isinstance(prediction.output, list) and "".join(prediction.output).strip()
+    assert {"input_token_count", "output_token_count"} <= set(prediction.metrics or {}), prediction.metrics
+
+
+@pytest.mark.network
+def test_replicate_refuses_an_input_outside_the_schema(replicate_target: tuple[Any, str]) -> None:
+    from replicate.exceptions import ReplicateError
+
+    client, version = replicate_target
+
+    with pytest.raises(ReplicateError) as raised:
+        client.predictions.create(version=version, input=tiny_input(max_new_tokens=0))
+
+    assert raised.value.status == 422
+    assert "max_new_tokens" in str(raised.value)
+
+
+@pytest.mark.network
+def test_replicate_corrupt_image_fails_with_E1103(replicate_target: tuple[Any, str]) -> None:
+    client, version = replicate_target
+
+    prediction = replicate_finish(
+        client.predictions.create(version=version, input=tiny_input(image=CORRUPT_PNG_URI))
+    )
+
+    assert prediction.status == "failed"
+    assert "E1103" in (prediction.error or ""), prediction.error
+
+
+@pytest.mark.network
+def test_replicate_streams_the_output(replicate_target: tuple[Any, str]) -> None:
+    from replicate.stream import ServerSentEvent
+
+    client, version = replicate_target
+    prediction = client.predictions.create(version=version, input=tiny_input(max_new_tokens=16), stream=True)
+
+    chunks = [
+        str(event.data) for event in prediction.stream() if event.event == ServerSentEvent.EventType.OUTPUT
+    ]
+
+    prediction = replicate_finish(prediction)
+    assert prediction.status == "succeeded", prediction.error
+    assert len(chunks) >= 2
+    assert "".join(chunks) == "".join(prediction.output)
