@@ -11,6 +11,7 @@ traceback in the log, and a CUDA out-of-memory error fails only this prediction.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -94,7 +95,7 @@ class Predictor(BaseRunner):
         sources: list[tuple[str, Any]] = []
         if image is not None and str(image) != "":
             sources.append(("image", image))
-        if isinstance(images, (str, Path)):  # a lone value where a list was expected
+        if isinstance(images, (str, os.PathLike)):  # a lone value where a list was expected
             images = [images]
         sources += [(f"images[{i}]", src) for i, src in enumerate(images or [])]
         return self._stream(

@@ -43,7 +43,9 @@ class Limit:
             raise InputError(f"{field} must be a finite number; got {value!r}", field=field)
         too_low = value <= self.low if self.low_exclusive else value < self.low
         if too_low or value > self.high:
-            low, high = (int(self.low), int(self.high)) if self.integer else (f"{self.low:g}", f"{self.high:g}")
+            low, high = (
+                (int(self.low), int(self.high)) if self.integer else (f"{self.low:g}", f"{self.high:g}")
+            )
             lo = f"greater than {low}" if self.low_exclusive else f"at least {low}"
             raise InputError(f"{field} is {value!r}; it must be {lo} and at most {high}", field=field)
         return int(value) if self.integer else float(value)

@@ -24,7 +24,9 @@ def require_shared(relative: str) -> Path:
     """Path to something in ../shared, or fail (CI) / skip (elsewhere) with the reason."""
     path = shared_dir() / relative
     if not path.exists():
-        reason = f"{path} is missing (set CEREBRO_SHARED_DIR to the folder that holds PHI35V.md and fixtures/)"
+        reason = (
+            f"{path} is missing (set CEREBRO_SHARED_DIR to the folder that holds PHI35V.md and fixtures/)"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -241,6 +242,8 @@ def coglet_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor"}
+    # coglet starts its worker as `python` from PATH: make that this interpreter (the venv's).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     log = (root / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],

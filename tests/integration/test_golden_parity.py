@@ -53,7 +53,9 @@ def _load_case(case_id: str):
     root, cases = _golden()
     case = cases[case_id]
     processor = _processor(case["num_crops"])
-    prompt = processor.tokenizer.apply_chat_template(case["messages"], tokenize=False, add_generation_prompt=True)
+    prompt = processor.tokenizer.apply_chat_template(
+        case["messages"], tokenize=False, add_generation_prompt=True
+    )
     images = [Image.open(root / f) for f in case["images"]]
     inputs = processor(prompt, images=images or None, return_tensors="pt")
     return case, prompt, inputs, load_file(str(root / case["file"]))
@@ -79,10 +81,17 @@ def test_processor_matches_golden(case_id: str) -> None:
     pv = inputs["pixel_values"]
     assert list(pv.shape) == case["pixel_values_shape"]
     _close(pv[..., ::16, ::16], gold["pixel_values_sub16"], PIXEL_ATOL, "pixel_values_sub16")
-    _close(pv[..., 7::16, 11::16], gold["pixel_values_sub16_off7_11"], PIXEL_ATOL, "pixel_values_sub16_off7_11")
+    _close(
+        pv[..., 7::16, 11::16], gold["pixel_values_sub16_off7_11"], PIXEL_ATOL, "pixel_values_sub16_off7_11"
+    )
     # Sums over 336x336 planes accumulate rounding; compare them relative to the plane size.
     _close(pv.double().sum((-1, -2)), gold["pixel_values_crop_sum"], PIXEL_ATOL * 336 * 336, "crop_sum")
-    _close((pv.double() ** 2).sum((-1, -2)), gold["pixel_values_crop_sumsq"], PIXEL_ATOL * 336 * 336, "crop_sumsq")
+    _close(
+        (pv.double() ** 2).sum((-1, -2)),
+        gold["pixel_values_crop_sumsq"],
+        PIXEL_ATOL * 336 * 336,
+        "crop_sumsq",
+    )
     _close(pv.abs().amax((-1, -2)), gold["pixel_values_crop_absmax"], PIXEL_ATOL, "crop_absmax")
     if "pixel_values" in gold:
         _close(pv, gold["pixel_values"], PIXEL_ATOL, "pixel_values (full)")
@@ -97,7 +106,9 @@ def test_model_matches_golden(case_id: str) -> None:
             crop0 = inputs["pixel_values"][0, :1]
             features = model.model.vision_embed_tokens.get_img_features(crop0)[0]
             _close(features, gold["clip_patch_features_img1_crop0"], FLOAT_ATOL, "clip features")
-        embeds, _ = model.model.embed_inputs(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("image_sizes"))
+        embeds, _ = model.model.embed_inputs(
+            inputs["input_ids"], inputs.get("pixel_values"), inputs.get("image_sizes")
+        )
         if "inputs_embeds" in gold:
             _close(embeds, gold["inputs_embeds"], FLOAT_ATOL, "inputs_embeds")
         out = model(**inputs, output_hidden_states=True)
@@ -114,7 +125,7 @@ def test_model_matches_golden(case_id: str) -> None:
 
 @pytest.mark.parametrize("case_id", _case_ids())
 def test_generate_matches_golden(case_id: str) -> None:
-    case, _, inputs, gold = _load_case(case_id)
+    _, _, inputs, gold = _load_case(case_id)
     model = _model()
     n_prompt = inputs["input_ids"].shape[1]
     with torch.no_grad():
@@ -128,13 +139,20 @@ def test_generate_matches_golden(case_id: str) -> None:
             output_scores=True,
         )
     generated = out.sequences[:, n_prompt:]
-    assert torch.equal(generated, gold["generated_ids"]), f"{generated.tolist()} != {gold['generated_ids'].tolist()}"
+    assert torch.equal(generated, gold["generated_ids"]), (
+        f"{generated.tolist()} != {gold['generated_ids'].tolist()}"
+    )
     scores = torch.cat(out.scores)  # 12, vocab: the logits of every step
     top = scores.topk(5, dim=-1)
     assert torch.equal(top.indices, gold["gen_step_top5_ids"])
     _close(top.values, gold["gen_step_top5_logits"], FLOAT_ATOL, "per-step top-5 logits")
     _close(scores.logsumexp(-1), gold["gen_step_logsumexp"], FLOAT_ATOL, "per-step logsumexp")
-    _close(scores[:, gold["sampled_vocab_ids"]], gold["gen_step_logits_at_sampled_ids"], FLOAT_ATOL, "step logits")
+    _close(
+        scores[:, gold["sampled_vocab_ids"]],
+        gold["gen_step_logits_at_sampled_ids"],
+        FLOAT_ATOL,
+        "step logits",
+    )
     if "fullseq_logits_last" in gold:
         # The LongRoPE case: a plain forward over prompt + generated tokens (long factors everywhere).
         full = torch.cat([inputs["input_ids"], generated], dim=1)
@@ -143,5 +161,9 @@ def test_generate_matches_golden(case_id: str) -> None:
             logits = model(input_ids=full).logits
         _close(logits[:, -1], gold["fullseq_logits_last"], FLOAT_ATOL, "full-sequence last logits")
         assert torch.equal(logits[0, -16:].argmax(-1), gold["fullseq_logits_argmax_last16"].reshape(-1))
-        _close(logits[0, -16:].logsumexp(-1), gold["fullseq_logits_logsumexp_last16"].reshape(-1), FLOAT_ATOL,
-               "full-sequence logsumexp")
+        _close(
+            logits[0, -16:].logsumexp(-1),
+            gold["fullseq_logits_logsumexp_last16"].reshape(-1),
+            FLOAT_ATOL,
+            "full-sequence logsumexp",
+        )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import GenerationConfig
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
@@ -145,15 +145,18 @@ def load_model(
     state: dict[str, torch.Tensor] = {}
     found: dict[str, torch.Size] = {}
     for path in files:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with _open(path, device) as f:
             names = list(f.keys())
             for ckpt_name, name in map_checkpoint_names(names).items():
                 found[name] = torch.Size(f.get_slice(ckpt_name).get_shape())
     check_names_and_shapes(expected, found)
     for path in files:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            for ckpt_name, name in map_checkpoint_names(list(f.keys())).items():
-                state[name] = f.get_tensor(ckpt_name).to(target_dtype)
+        with _open(path, device) as f:
+            try:
+                for ckpt_name, name in map_checkpoint_names(list(f.keys())).items():
+                    state[name] = f.get_tensor(ckpt_name).to(target_dtype)
+            except (SafetensorError, OSError) as err:
+                raise _unreadable(path, err) from err
     model.load_state_dict(state, strict=True, assign=True)
     rebuild_buffers(model, device)
     model.eval().requires_grad_(False)
@@ -168,6 +171,21 @@ def load_model(
         device,
     )
     return model
+
+
+def _open(path: Path, device: torch.device):  # type: ignore[no-untyped-def]
+    try:
+        return safe_open(str(path), framework="pt", device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: Exception) -> WeightsError:
+    return WeightsError(
+        f"{path} is not a readable safetensors file ({err}); download the checkpoint again",
+        field="CEREBRO_MODEL_DIR",
+        code="E2011",
+    )
 
 
 def rebuild_buffers(model: Phi3VForCausalLM, device: torch.device) -> None:

@@ -1,0 +1,116 @@
+# Written with AI assistance; review before relying on it.
+"""The `python -m cerebro` command in subprocesses: write a tiny model, then predict on it in-process.
+
+Each call is a fresh interpreter, so these tests also check that the command imports, sets up and
+reports errors on its own, with nothing left over from the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from cerebro.client import EXIT_API
+from tests.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.fixtures, pytest.mark.slow]
+
+TIMEOUT_S = 120
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
+    "required": ["colour", "count"],
+}
+
+
+def _cerebro(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEREBRO_")}
+    env["CEREBRO_WARMUP"] = "false"
+    return subprocess.run(
+        [sys.executable, "-m", "cerebro", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    done = _cerebro("tiny-model", out, "--tokenizer-dir", tokenizer_dir)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote a tiny random-weight model to {out}" in done.stdout
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        assert (out / name).is_file(), name
+    return out
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli-images") / "red.png"
+    Image.new("RGB", (64, 48), (220, 20, 20)).save(path)
+    return path
+
+
+def _predict(model_dir: Path, image: Path | str, *extra: str | Path) -> subprocess.CompletedProcess[str]:
+    return _cerebro(
+        "predict", "--model-dir", model_dir, "--image", image, "--prompt", "What is this?", *extra
+    )
+
+
+def test_predict_json_prints_status_output_and_metrics(model_dir: Path, image: Path) -> None:
+    done = _predict(model_dir, image, "--max-new-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded"
+    assert isinstance(result["output"], str) and result["output"]
+    metrics = result["metrics"]
+    assert 1 <= metrics["output_token_count"] <= 4
+    assert metrics["input_token_count"] > 100  # the image's tokens are in the prompt
+    assert metrics["time_to_first_token"] > 0
+    assert "Traceback" not in done.stderr
+
+
+def test_predict_streams_the_same_answer_as_json(model_dir: Path, image: Path) -> None:
+    options = ("--max-new-tokens", "4", "--num-crops", "1")
+    as_json = _predict(model_dir, image, *options, "--json")
+    streamed = _predict(model_dir, image, *options)
+    assert as_json.returncode == streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == json.loads(as_json.stdout)["output"] + "\n"
+
+
+def test_predict_with_a_json_schema_prints_valid_json(model_dir: Path, image: Path, tmp_path: Path) -> None:
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(SCHEMA))
+    done = _predict(
+        model_dir, image, "--json-schema", schema_file, "--max-new-tokens", "60", "--num-crops", "1", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded"
+    jsonschema.validate(json.loads(result["output"]), SCHEMA)
+
+
+def test_a_missing_image_fails_cleanly_naming_the_field(model_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    done = _predict(model_dir, missing, "--max-new-tokens", "4")
+    assert done.returncode == EXIT_API
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("error: E1103 ImageError: images[0]")
+    assert str(missing) in errors[0]
+    assert "Traceback" not in done.stderr
+    assert done.stdout.strip() == ""

@@ -1,0 +1,463 @@
+# Written with AI assistance; review before relying on it.
+"""The runner end to end on a tiny random-weight checkpoint: Predictor.setup() loads the real
+Phi3VAdapter through the real loader, and run() streams what the real engine generates.
+
+The model's answers are meaningless, but they are deterministic, so tests compare runs with each
+other and with transformers' own `generate`. Open-ended JSON strings and integers never end with
+random weights, so the schemas here bound their lengths and ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+from PIL import Image
+
+from cerebro.adapters.phi3_v import Phi3VAdapter
+from cerebro.errors import GenerationError, ImageError, InputError, PromptError, SchemaError, WeightsError
+from cerebro.generation import Sampler, SamplingParams, generate_tokens
+from cerebro.predict import Predictor
+from cerebro.request import GenerationRequest
+from cerebro.utils import load_image
+
+pytestmark = pytest.mark.fixtures
+
+CEREBRO_VARS = (
+    "CEREBRO_ADAPTER",
+    "CEREBRO_DEVICE",
+    "CEREBRO_DTYPE",
+    "CEREBRO_ATTENTION",
+    "CEREBRO_MAX_IMAGES",
+    "CEREBRO_MAX_IMAGE_BYTES",
+    "CEREBRO_MAX_IMAGE_PIXELS",
+    "CEREBRO_MAX_CONTEXT_TOKENS",
+    "CEREBRO_ALLOW_LOOPBACK_URLS",
+    "CEREBRO_ALLOW_PRIVATE_URLS",
+    "CEREBRO_LOG_LEVEL",
+)
+
+
+class MetricsPredictor(Predictor):
+    """Keeps what record_metric is given (outside a Cog prediction it is a no-op)."""
+
+    metrics: dict[str, Any]
+
+    def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
+        self.metrics[key] = value
+
+
+def _setup(model_dir: Path, **env: str) -> MetricsPredictor:
+    """A predictor set up from the environment; env values override the defaults used here."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in CEREBRO_VARS:
+            mp.delenv(name, raising=False)
+        mp.setenv("CEREBRO_MODEL_DIR", str(model_dir))
+        mp.setenv("CEREBRO_WARMUP", "false")
+        for name, value in env.items():
+            mp.setenv(name, value)
+        predictor = MetricsPredictor()
+        predictor.metrics = {}
+        predictor.setup()
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir: Path) -> MetricsPredictor:
+    return _setup(tiny_model_dir)
+
+
+def _quadrants() -> Image.Image:
+    img = Image.new("RGB", (64, 48), (200, 30, 30))
+    img.paste((20, 180, 40), (32, 0, 64, 24))
+    img.paste((10, 10, 220), (0, 24, 32, 48))
+    return img
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "quadrants.png"
+    _quadrants().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "thin.png"
+    Image.new("RGB", (30, 90), (240, 240, 240)).save(path)
+    return path
+
+
+def _inputs(**overrides: Any) -> dict[str, Any]:
+    inputs: dict[str, Any] = dict(
+        prompt="Describe the image.",
+        image=None,
+        images=None,
+        system_prompt="",
+        max_new_tokens=12,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        seed=0,
+        num_crops=1,
+        json_schema="",
+    )
+    inputs.update(overrides)
+    return inputs
+
+
+def _pieces(predictor: MetricsPredictor, **overrides: Any) -> list[str]:
+    predictor.metrics = {}
+    return list(predictor.run(**_inputs(**overrides)))
+
+
+def _text(predictor: MetricsPredictor, **overrides: Any) -> str:
+    return "".join(_pieces(predictor, **overrides))
+
+
+def _adapter(predictor: Predictor) -> Phi3VAdapter:
+    assert isinstance(predictor.adapter, Phi3VAdapter)  # the real adapter, from the real registry
+    return predictor.adapter
+
+
+def _greedy_tokens(predictor: Predictor, request: GenerationRequest, stop_ids: frozenset[int]) -> list[int]:
+    adapter = _adapter(predictor)
+    inputs = adapter.prepare(request)
+    sampler = Sampler(SamplingParams(temperature=0.0), adapter.model.device)
+    return list(
+        generate_tokens(
+            adapter.model,
+            inputs,
+            max_new_tokens=request.max_new_tokens,
+            sampler=sampler,
+            stop_ids=stop_ids,
+        )
+    )
+
+
+# ------------------------------------------------------------------------------- streaming, sampling
+
+
+def test_streaming_pieces_concatenate_to_the_engines_answer(
+    predictor: MetricsPredictor, picture: Path
+) -> None:
+    pieces = _pieces(predictor, image=picture, max_new_tokens=12)
+    assert len([p for p in pieces if p]) >= 3
+    request = GenerationRequest(
+        prompt="Describe the image.",
+        images=(load_image(picture, field="image"),),
+        max_new_tokens=12,
+        num_crops=1,
+    )
+    adapter = _adapter(predictor)
+    tokens = _greedy_tokens(predictor, request, adapter.stop_ids)
+    answer = [t for t in tokens if t not in adapter.stop_ids]
+    assert "".join(pieces) == adapter.tokenizer.decode(answer, skip_special_tokens=True)
+    assert predictor.metrics["output_token_count"] == len(tokens)
+    assert predictor.metrics["input_token_count"] == adapter.prepare(request)["input_ids"].shape[1]
+    assert predictor.metrics["time_to_first_token"] > 0
+    assert predictor.metrics["tokens_per_second"] > 0
+
+
+def test_greedy_is_deterministic(predictor: MetricsPredictor, picture: Path) -> None:
+    first = _text(predictor, image=picture, seed=1)
+    assert first
+    assert _text(predictor, image=picture, seed=2) == first  # the seed does not matter when greedy
+    assert _text(predictor, image=picture, seed=None) == first
+
+
+def test_sampling_repeats_with_a_seed_and_differs_across_seeds(
+    predictor: MetricsPredictor, picture: Path
+) -> None:
+    sample = {seed: _text(predictor, image=picture, temperature=1.0, seed=seed) for seed in (1, 2, 3)}
+    assert _text(predictor, image=picture, temperature=1.0, seed=1) == sample[1]
+    assert len(set(sample.values())) == 3
+    assert _text(predictor, image=picture, temperature=0.0) not in sample.values()
+
+
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_engine_greedy_tokens_equal_transformers_generate(
+    predictor: MetricsPredictor, picture: Path, other_picture: Path, n_images: int
+) -> None:
+    images = tuple(load_image(p, field="image") for p in (picture, other_picture))[:n_images]
+    request = GenerationRequest(prompt="What is this?", images=images, max_new_tokens=16, num_crops=2)
+    mine = _greedy_tokens(predictor, request, frozenset())
+    model = _adapter(predictor).model
+    inputs = _adapter(predictor).prepare(request)
+    n_prompt = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        ref = model.generate(
+            **inputs, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=32000
+        )
+    assert mine == ref[0, n_prompt:].tolist()
+    assert len(mine) == 16
+
+
+# -------------------------------------------------------------------------------------- JSON schemas
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "object": {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer", "minimum": 0, "maximum": 999},
+            "label": {"type": "string", "maxLength": 8},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["count", "label", "ok"],
+        "additionalProperties": False,
+    },
+    "array": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"x": {"type": "integer", "minimum": -100, "maximum": 100}},
+            "required": ["x"],
+        },
+        "minItems": 2,
+        "maxItems": 3,
+    },
+    "enum": {"enum": ["red", "green", "blue"]},
+    "number": {"type": "number", "minimum": -5, "maximum": 5},
+    "nested": {
+        "type": "object",
+        "properties": {
+            "outer": {
+                "type": "object",
+                "properties": {
+                    "inner": {"type": "string", "minLength": 1, "maxLength": 10},
+                    "n": {"type": "integer", "minimum": 0, "maximum": 9},
+                },
+                "required": ["inner", "n"],
+            }
+        },
+        "required": ["outer"],
+    },
+}
+
+
+@pytest.mark.parametrize("sampling", [(0.0, 0), (1.0, 1), (1.0, 2)], ids=["greedy", "seed1", "seed2"])
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_json_schema_output_parses_and_validates(
+    predictor: MetricsPredictor, picture: Path, name: str, sampling: tuple[float, int]
+) -> None:
+    temperature, seed = sampling
+    text = _text(
+        predictor,
+        image=picture,
+        json_schema=json.dumps(SCHEMAS[name]),
+        max_new_tokens=200,
+        temperature=temperature,
+        seed=seed,
+    )
+    jsonschema.validate(json.loads(text), SCHEMAS[name])
+    assert text == text.strip()  # compact: no whitespace around the value
+    assert predictor.metrics["output_token_count"] < 200  # it ended by itself, not at the limit
+
+
+def test_invalid_schema_is_e1300_before_any_generation(predictor: MetricsPredictor, picture: Path) -> None:
+    with pytest.raises(SchemaError, match=r"^E1300 SchemaError: json_schema is not a valid JSON Schema"):
+        _pieces(predictor, image=picture, json_schema='{"type": 5}')
+    assert predictor.metrics["input_token_count"] == 0
+    assert predictor.metrics["output_token_count"] == 0
+
+
+def test_cut_off_json_is_e2032(predictor: MetricsPredictor, picture: Path) -> None:
+    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 50}}, "required": ["s"]}
+    with pytest.raises(GenerationError) as info:
+        _pieces(predictor, image=picture, json_schema=json.dumps(schema), max_new_tokens=3)
+    err = info.value
+    assert (err.code, err.field) == ("E2032", "max_new_tokens")
+    assert "cut off" in err.message and "max_new_tokens=3" in err.message
+    assert predictor.metrics["output_token_count"] == 3
+
+
+# ------------------------------------------------------------------------------------ prompts, limits
+
+
+@pytest.mark.parametrize(
+    ("prompt", "n_images"),
+    [
+        ("<|image_2|>\nWhat is this?", 1),
+        ("<|image_1|>\nCompare.", 2),
+        ("<|image_2|>\n<|image_1|>\nCompare.", 2),
+        ("<|image_1|><|image_1|>\nCompare.", 2),
+    ],
+)
+def test_image_tags_that_do_not_match_the_images_are_e1012(
+    predictor: MetricsPredictor, picture: Path, prompt: str, n_images: int
+) -> None:
+    with pytest.raises(PromptError, match=r"^E1012 PromptError: ") as info:
+        _pieces(predictor, images=[picture] * n_images, prompt=prompt)
+    assert info.value.field == "prompt"
+    assert predictor.metrics["output_token_count"] == 0
+
+
+def test_a_prompt_without_tags_gets_one_per_image(
+    predictor: MetricsPredictor, picture: Path, other_picture: Path
+) -> None:
+    images = [picture, other_picture]
+    untagged = _text(predictor, images=images, prompt="Compare them.", num_crops=2)
+    n_untagged = predictor.metrics["input_token_count"]
+    tagged = _text(predictor, images=images, prompt="<|image_1|>\n<|image_2|>\nCompare them.", num_crops=2)
+    assert untagged == tagged
+    assert n_untagged == predictor.metrics["input_token_count"]
+    _text(predictor, images=images[:1], prompt="Compare them.", num_crops=2)
+    assert predictor.metrics["input_token_count"] < n_untagged  # the second image's tokens were there
+
+
+def test_prompt_over_the_context_is_e1011_naming_counts_and_limit(
+    predictor: MetricsPredictor, tiny_model_dir: Path, picture: Path
+) -> None:
+    _text(predictor, image=picture, max_new_tokens=1)
+    n_prompt = predictor.metrics["input_token_count"]
+    limit = n_prompt + 20
+    small = _setup(tiny_model_dir, CEREBRO_MAX_CONTEXT_TOKENS=str(limit))
+    assert _pieces(small, image=picture, max_new_tokens=20)  # exactly at the limit: fine
+    with pytest.raises(PromptError) as info:
+        _pieces(small, image=picture, max_new_tokens=21)
+    err = info.value
+    assert (err.code, err.field) == ("E1011", "prompt")
+    assert f"the prompt is {n_prompt} tokens" in err.message
+    assert "max_new_tokens is 21" in err.message
+    assert f"{n_prompt + 21} in all; the limit is {limit}" in err.message
+    assert small.metrics["output_token_count"] == 0
+
+
+@pytest.mark.parametrize("num_crops", [0, 17, 2.5])
+def test_num_crops_out_of_range_is_e1001(
+    predictor: MetricsPredictor, picture: Path, num_crops: float
+) -> None:
+    with pytest.raises(InputError, match=r"^E1001 InputError: num_crops ") as info:
+        _pieces(predictor, image=picture, num_crops=num_crops)
+    assert info.value.field == "num_crops"
+
+
+# -------------------------------------------------------------------------------------------- images
+
+FORMATS = [
+    ("JPEG", "jpg", {"quality": 95}),
+    ("PNG", "png", {}),
+    ("WEBP", "webp", {"lossless": True}),
+    ("GIF", "gif", {}),
+    ("BMP", "bmp", {}),
+    ("TIFF", "tiff", {}),
+]
+
+
+@pytest.mark.parametrize(("fmt", "ext", "params"), FORMATS, ids=[f[0] for f in FORMATS])
+def test_every_accepted_format_works_end_to_end(
+    predictor: MetricsPredictor, picture: Path, tmp_path: Path, fmt: str, ext: str, params: dict[str, Any]
+) -> None:
+    path = tmp_path / f"picture.{ext}"
+    _quadrants().save(path, format=fmt, **params)
+    with Image.open(path) as check:
+        assert check.format == fmt
+    text = _text(predictor, image=path, max_new_tokens=6)
+    assert text
+    if fmt != "JPEG":  # lossless: the same pixels, so the same greedy answer as the PNG
+        assert text == _text(predictor, image=picture, max_new_tokens=6)
+
+
+def test_decompression_bomb_is_e1102(predictor: MetricsPredictor, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8000, 8000)).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ImageError) as info:
+        _pieces(predictor, images=[bomb])
+    err = info.value
+    assert (err.code, err.field) == ("E1102", "images[0]")
+    assert "8000x8000" in err.message and "50000000" in err.message
+
+
+# -------------------------------------------------------------------------------------- setup, warm-up
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def setup_log() -> Iterator[_Records]:
+    """What cerebro.predict logs (its package logger does not propagate to pytest's handler)."""
+    handler = _Records()
+    logger = logging.getLogger("cerebro.predict")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _warmup_s(log: _Records) -> float:
+    (line,) = [m for m in log.messages if "warmup_s=" in m]
+    match = re.search(r"warmup_s=([\d.]+)", line)
+    assert match, line
+    return float(match.group(1))
+
+
+def test_setup_runs_the_warmup_when_enabled(tiny_model_dir: Path, setup_log: _Records) -> None:
+    _setup(tiny_model_dir, CEREBRO_WARMUP="true")
+    assert _warmup_s(setup_log) > 0
+    setup_log.messages.clear()
+    _setup(tiny_model_dir, CEREBRO_WARMUP="false")
+    assert _warmup_s(setup_log) == 0
+
+
+def test_warmup_fails_setup_for_a_model_that_loads_but_cannot_generate(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "no-chat-template"
+    shutil.copytree(tiny_model_dir, broken)
+    config = json.loads((broken / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (broken / "tokenizer_config.json").write_text(json.dumps(config))
+    _setup(broken, CEREBRO_WARMUP="false")  # loading alone does not notice
+    with pytest.raises(ValueError, match="chat_template"):
+        _setup(broken, CEREBRO_WARMUP="true")
+
+
+@pytest.fixture
+def truncated_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "truncated"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    return broken
+
+
+def test_a_truncated_checkpoint_fails_setup(truncated_checkpoint: Path) -> None:
+    with pytest.raises(Exception, match=r"(?i)deseriali|safetensors|truncat|incomplete"):
+        _setup(truncated_checkpoint)
+
+
+def test_a_truncated_checkpoint_fails_with_a_weights_error_naming_the_file(
+    truncated_checkpoint: Path,
+) -> None:
+    with pytest.raises(WeightsError) as info:
+        _setup(truncated_checkpoint)
+    assert info.value.code.startswith("E201")
+    assert "model.safetensors" in info.value.message
+
+
+def test_missing_safetensors_is_a_weights_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(WeightsError, match=r"^E2010 WeightsError: ") as info:
+        _setup(broken)
+    assert str(broken) in info.value.message
