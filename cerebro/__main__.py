@@ -154,8 +154,7 @@ def _predict(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: dict[str, Any]) -> int:
     os.environ["CEREBRO_MODEL_DIR"] = str(Path(args.model_dir).resolve())
-    from cerebro.predict import Predictor
-    from cerebro.request import LIMITS
+    from cerebro.predict import Predictor, run_inputs
 
     class LocalPredictor(Predictor):
         """Keeps the metrics that a Cog server would attach to the prediction."""
@@ -168,24 +167,23 @@ def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: di
     predictor = LocalPredictor()
     predictor.metrics = {}
     predictor.setup()
-    schema = (
-        client.build_inputs(prompt=args.prompt, images=[], json_schema_file=args.json_schema).get(
-            "json_schema", ""
-        )
-        if args.json_schema
-        else ""
+    schema = client.build_inputs(prompt=args.prompt, images=[], json_schema_file=args.json_schema).get(
+        "json_schema", ""
     )
-    inputs: dict[str, Any] = {name: limit.default for name, limit in LIMITS.items()}
-    inputs.update({"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed})
-    inputs.update(extra)
-    inputs = {k: (LIMITS[k].default if v is None and k in LIMITS else v) for k, v in inputs.items()}
+    chosen = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        **extra,
+    }
     stream = predictor.run(
-        prompt=args.prompt,
-        image=None,
-        images=args.image,
-        system_prompt=args.system_prompt or "",
-        json_schema=schema,
-        **inputs,
+        **run_inputs(
+            prompt=args.prompt,
+            images=args.image,
+            system_prompt=args.system_prompt or "",
+            json_schema=schema,
+            **{k: v for k, v in chosen.items() if v is not None},
+        )
     )
     pieces: list[str] = []
     try:

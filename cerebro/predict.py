@@ -33,6 +33,24 @@ def _range(name: str) -> dict[str, Any]:
     return {"ge": limit.low, "le": limit.high, "default": limit.default}
 
 
+def run_inputs(**overrides: Any) -> dict[str, Any]:
+    """Every input of `Predictor.run` with its default, for calling it in-process (outside a Cog server
+    the `Input(...)` defaults are declarations, not values). Overrides must name real inputs."""
+    inputs: dict[str, Any] = {
+        "prompt": "",
+        "image": None,
+        "images": None,
+        "system_prompt": "",
+        "json_schema": "",
+    }
+    inputs.update({name: limit.default for name, limit in LIMITS.items()})
+    unknown = set(overrides) - set(inputs)
+    if unknown:
+        raise TypeError(f"run() has no inputs {sorted(unknown)}")
+    inputs.update(overrides)
+    return inputs
+
+
 class Predictor(BaseRunner):
     def setup(self) -> None:
         started = time.perf_counter()

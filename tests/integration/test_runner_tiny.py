@@ -25,7 +25,7 @@ from PIL import Image
 from cerebro.adapters.phi3_v import Phi3VAdapter
 from cerebro.errors import GenerationError, ImageError, InputError, PromptError, SchemaError, WeightsError
 from cerebro.generation import Sampler, SamplingParams, generate_tokens
-from cerebro.predict import Predictor
+from cerebro.predict import Predictor, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.utils import load_image
 
@@ -97,22 +97,9 @@ def other_picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _inputs(**overrides: Any) -> dict[str, Any]:
-    inputs: dict[str, Any] = dict(
-        prompt="Describe the image.",
-        image=None,
-        images=None,
-        system_prompt="",
-        max_new_tokens=12,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        repetition_penalty=1.0,
-        seed=0,
-        num_crops=1,
-        json_schema="",
+    return run_inputs(
+        **{"prompt": "Describe the image.", "max_new_tokens": 12, "seed": 0, "num_crops": 1, **overrides}
     )
-    inputs.update(overrides)
-    return inputs
 
 
 def _pieces(predictor: MetricsPredictor, **overrides: Any) -> list[str]:

@@ -32,7 +32,7 @@ from cerebro.errors import (
     URLError,
     WeightsError,
 )
-from cerebro.predict import Predictor
+from cerebro.predict import Predictor, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
 
@@ -97,22 +97,9 @@ class MetricsPredictor(Predictor):
 
 
 def _inputs(**overrides: Any) -> dict[str, Any]:
-    inputs: dict[str, Any] = dict(
-        prompt="describe",
-        image=None,
-        images=None,
-        system_prompt="",
-        max_new_tokens=16,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        repetition_penalty=1.0,
-        seed=None,
-        num_crops=None,
-        json_schema="",
+    return run_inputs(
+        **{"prompt": "describe", "max_new_tokens": 16, "seed": None, "num_crops": None, **overrides}
     )
-    inputs.update(overrides)
-    return inputs
 
 
 def _run(predictor: MetricsPredictor, **overrides: Any) -> list[str]:
