@@ -154,7 +154,7 @@ def _predict(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: dict[str, Any]) -> int:
     os.environ["CEREBRO_MODEL_DIR"] = str(Path(args.model_dir).resolve())
-    from cerebro.predict import Predictor, run_inputs
+    from cerebro.predict import Predictor, iterate, run_inputs
 
     class LocalPredictor(Predictor):
         """Keeps the metrics that a Cog server would attach to the prediction."""
@@ -176,13 +176,15 @@ def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: di
         "seed": args.seed,
         **extra,
     }
-    stream = predictor.run(
-        **run_inputs(
-            prompt=args.prompt,
-            images=args.image,
-            system_prompt=args.system_prompt or "",
-            json_schema=schema,
-            **{k: v for k, v in chosen.items() if v is not None},
+    stream = iterate(
+        predictor.run(
+            **run_inputs(
+                prompt=args.prompt,
+                images=args.image,
+                system_prompt=args.system_prompt or "",
+                json_schema=schema,
+                **{k: v for k, v in chosen.items() if v is not None},
+            )
         )
     )
     pieces: list[str] = []

@@ -1,22 +1,25 @@
 # Written with AI assistance; review before relying on it.
 """The Cog boundary: inputs in, a validated request to the model adapter, a stream of text out.
 
-No tensor code and no model names here. Settings are read once in setup(); every input is validated
-inside run() (cerebro/request.py), because a Cog server started without the OpenAPI schema that
-`cog build` writes validates nothing. Errors are translated here, once: Cerebro's own errors keep
-their code ("E1103 ImageError: ..."), anything unexpected becomes "E2000 ServerError: ..." with the
-traceback in the log, and a CUDA out-of-memory error fails only this prediction.
+No tensor code and no model names here. `run` is async and concurrent: the server runs up to
+CONCURRENCY predictions at once and the adapter's engine batches their decoding. Settings are read once
+in setup(); every input is validated inside run() (cerebro/request.py), because a Cog server started
+without the OpenAPI schema that `cog build` writes validates nothing. Errors are translated here,
+once: Cerebro's own errors keep their code ("E1103 ImageError: ..."), anything unexpected becomes
+"E2000 ServerError: ..." with the traceback in the log, and a CUDA out-of-memory error fails only this
+prediction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from cog import BaseRunner, ConcatenateIterator, Input, Path, streaming
+from cog import AsyncConcatenateIterator, BaseRunner, Input, Path, concurrent, streaming
 
 from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
 from cerebro.errors import CerebroError, GenerationError, ServerError, WeightsError
@@ -26,6 +29,10 @@ from cerebro.utils import FetchPolicy, ImageLimits, configure_logging, load_imag
 
 # Cog imports this file as the module "predict"; name the logger so it sits under "cerebro".
 log = logging.getLogger("cerebro.predict")
+
+# Predictions the server runs at once. The engine decodes up to CEREBRO_MAX_BATCH of them together; the
+# rest wait in its queue (cheaply: they hold no KV cache until admitted).
+CONCURRENCY = 32
 
 
 def _range(name: str) -> dict[str, Any]:
@@ -85,7 +92,8 @@ class Predictor(BaseRunner):
         )
 
     @streaming  # lets the Cog server stream the pieces as server-sent events
-    def run(
+    @concurrent(max=CONCURRENCY)  # cog.yaml's concurrency.max says the same (a test checks)
+    async def run(
         self,
         prompt: str = Input(
             description="What to find out about the image(s). Image tags <|image_1|>.. are "
@@ -109,14 +117,14 @@ class Predictor(BaseRunner):
             default="",
             description="A JSON Schema (as a string): the answer is JSON that validates against it.",
         ),
-    ) -> ConcatenateIterator[str]:
+    ) -> AsyncConcatenateIterator[str]:
         sources: list[tuple[str, Any]] = []
         if image is not None and str(image) != "":
             sources.append(("image", image))
         if isinstance(images, (str, os.PathLike)):  # a lone value where a list was expected
             images = [images]
         sources += [(f"images[{i}]", src) for i, src in enumerate(images or [])]
-        return self._stream(
+        pieces = self._stream(
             dict(
                 prompt=prompt,
                 system_prompt=system_prompt,
@@ -131,20 +139,26 @@ class Predictor(BaseRunner):
             ),
             sources,
         )
+        async for piece in pieces:
+            yield piece
 
     def _load(self, source: Any, field: str) -> Any:
         return load_image(source, field=field, limits=self.image_limits, fetch=self.fetch_policy)
 
-    def _stream(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> Iterator[str]:
+    async def _stream(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> AsyncIterator[str]:
         stats = GenerationStats()
         try:
-            request = build_request(
+            # Validation and image decoding are CPU work: off the event loop, so that the other concurrent
+            # predictions keep streaming meanwhile.
+            request = await asyncio.to_thread(
+                build_request,
                 image_sources=sources,
                 load_image=self._load,
                 max_images=min(self.settings.max_images, self.adapter.capabilities.max_images),
                 **inputs,
             )
-            yield from self.adapter.generate(request, stats)
+            async for piece in self.adapter.agenerate(request, stats):
+                yield piece
         except CerebroError as err:
             log.info(
                 "prediction_failed code=%s field=%s caller_error=%s", err.code, err.field, err.is_caller_error
@@ -171,6 +185,21 @@ class Predictor(BaseRunner):
             stats.finish_reason,
             stats.seed,
         )
+
+
+def iterate(pieces: AsyncIterator[str]) -> Iterator[str]:
+    """Drive the async `run()` from synchronous code (the CLI, tests): a private event loop, one piece
+    at a time, so pieces still arrive as they are made."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(pieces))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(pieces.aclose())  # type: ignore[attr-defined]
+        loop.close()
 
 
 def _translate(err: Exception) -> CerebroError:

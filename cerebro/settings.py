@@ -17,6 +17,10 @@ environment variables. Nothing in this module runs at import time.
 | CEREBRO_MAX_CONTEXT_TOKENS | 32768 | prompt (with image tokens) + max_new_tokens |
 | CEREBRO_ALLOW_LOOPBACK_URLS | false | let image URLs point at 127.0.0.0/8 and ::1 (tests) |
 | CEREBRO_ALLOW_PRIVATE_URLS | false | let image URLs point at private and link-local addresses |
+| CEREBRO_ENGINE | batched | batched (continuous batching) or plain (one request at a time) |
+| CEREBRO_MAX_BATCH | 16 on a GPU, 1 on CPU | requests decoded together by the batched engine |
+| CEREBRO_KV_CACHE_TOKENS | from free memory | KV-cache budget in tokens for all rows (cerebro/engine) |
+| CEREBRO_CUDA_GRAPHS | true | replay decode steps from CUDA graphs (GPU only) |
 | CEREBRO_WARMUP | true | run a short generation in setup() so a broken image fails at boot |
 | CEREBRO_LOG_LEVEL | INFO | logging level |
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 from cerebro.errors import InputError
 
 DEFAULT_MODEL_DIR = "/model-cache"
+ENGINES = ("batched", "plain")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -47,6 +52,10 @@ class Settings:
     max_context_tokens: int = 32768
     allow_loopback_urls: bool = False
     allow_private_urls: bool = False
+    engine: str = "batched"
+    max_batch: int = 0  # 0 = choose by device
+    kv_cache_tokens: int = 0  # 0 = choose from free memory
+    cuda_graphs: bool = True
     warmup: bool = True
     log_level: str = "INFO"
 
@@ -78,6 +87,11 @@ class Settings:
                 return raw in TRUE
             raise InputError(f"{name}={raw!r} is not a boolean; use true or false", field=name)
 
+        engine = text("CEREBRO_ENGINE", d.engine).lower()
+        if engine not in ENGINES:
+            raise InputError(
+                f"CEREBRO_ENGINE={engine!r}; use one of {', '.join(ENGINES)}", field="CEREBRO_ENGINE"
+            )
         return cls(
             model_dir=Path(text("CEREBRO_MODEL_DIR", str(d.model_dir))),
             adapter=text("CEREBRO_ADAPTER", d.adapter),
@@ -90,6 +104,10 @@ class Settings:
             max_context_tokens=integer("CEREBRO_MAX_CONTEXT_TOKENS", d.max_context_tokens),
             allow_loopback_urls=flag("CEREBRO_ALLOW_LOOPBACK_URLS", d.allow_loopback_urls),
             allow_private_urls=flag("CEREBRO_ALLOW_PRIVATE_URLS", d.allow_private_urls),
+            engine=engine,
+            max_batch=integer("CEREBRO_MAX_BATCH", d.max_batch),
+            kv_cache_tokens=integer("CEREBRO_KV_CACHE_TOKENS", d.kv_cache_tokens),
+            cuda_graphs=flag("CEREBRO_CUDA_GRAPHS", d.cuda_graphs),
             warmup=flag("CEREBRO_WARMUP", d.warmup),
             log_level=text("CEREBRO_LOG_LEVEL", d.log_level).upper(),
         )

@@ -2,15 +2,17 @@
 """The adapter seam: what the runner needs from a model, and nothing more.
 
 An adapter declares its capabilities and turns a validated `GenerationRequest` into a stream of text
-pieces, filling `GenerationStats` as it goes. The runner (predict.py) never branches on a model name;
-serving another model means one new adapter module and one line in cerebro/adapters/__init__.py.
+pieces (`generate`, and `agenerate` for the async runner), filling `GenerationStats` as it goes. The
+runner (predict.py) never branches on a model name; serving another model means one new adapter
+module and one line in cerebro/adapters/__init__.py.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,6 +52,19 @@ class ModelAdapter(abc.ABC):
         self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
     ) -> Iterator[str]:
         """Yield text pieces as they are decoded; stop promptly once `cancel` is set."""
+
+    async def agenerate(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
+        """The same pieces for an asyncio reader. This default steps `generate` in a worker thread;
+        adapters with an engine of their own override it to avoid the thread hop per piece."""
+        pieces = self.generate(request, stats)
+        end = object()
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
+                yield piece  # type: ignore[misc]
+        finally:
+            close = getattr(pieces, "close", None)  # a generator: release what it holds
+            if close is not None:
+                close()
 
     def describe(self) -> dict[str, str]:
         """What setup() logs about this adapter (device, dtype, ...)."""

@@ -9,18 +9,20 @@ loop are cerebro/generation.py; the model itself is cerebro/models/phi3_v.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import ClassVar
 
 import torch
 
 from cerebro.adapters.base import Capabilities, GenerationStats, ModelAdapter
+from cerebro.engine import Engine, Job, PlainEngine, TokenStream, build_engine
 from cerebro.errors import PromptError, WeightsError
-from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams, generate_tokens
+from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
 from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag
@@ -60,11 +62,63 @@ def build_prompt(request: GenerationRequest) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": content}]
 
 
+class Transcript:
+    """One request's tokens in, its text pieces out; keeps GenerationStats current and validates a JSON
+    answer at the end. Shared by the sync and async readers."""
+
+    def __init__(
+        self,
+        tokenizer: object,
+        stop_ids: frozenset[int],
+        stats: GenerationStats,
+        started: float,
+        request: GenerationRequest,
+    ) -> None:
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stop_ids, self.stats, self.started, self.request = stop_ids, stats, started, request
+        self.text: list[str] = []
+        self.first_at: float | None = None
+
+    def push(self, token: int) -> str:
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+            self.stats.time_to_first_token = now - self.started
+        self.stats.output_token_count += 1
+        if token in self.stop_ids:
+            return ""
+        piece = self.decoder.push(token)
+        self.text.append(piece)
+        return piece
+
+    def close(self, finish_reason: str) -> str:
+        """The end of the text; raises E2032 when a JSON answer does not validate."""
+        stats = self.stats
+        stats.finish_reason = finish_reason
+        tail = self.decoder.flush()
+        self.text.append(tail)
+        if self.first_at is not None and stats.output_token_count > 1:
+            stats.tokens_per_second = (stats.output_token_count - 1) / max(
+                time.perf_counter() - self.first_at, 1e-9
+            )
+        if self.request.json_schema is not None and finish_reason != "cancelled":
+            validate_output("".join(self.text), self.request.json_schema, self.request.max_new_tokens)
+        return tail
+
+
 class Phi3VAdapter(ModelAdapter):
     name: ClassVar[str] = "phi3_v"
 
-    def __init__(self, model: Phi3VForCausalLM, processor: Phi3VProcessor, max_context_tokens: int) -> None:
+    def __init__(
+        self,
+        model: Phi3VForCausalLM,
+        processor: Phi3VProcessor,
+        max_context_tokens: int,
+        engine: Engine | PlainEngine | None = None,
+    ) -> None:
         self.model = model
+        self.engine = engine if engine is not None else PlainEngine(model)
+        self.timings: dict[str, float] = {}  # setup parts in seconds, for the setup log
         self.processor = processor
         self.tokenizer = processor.tokenizer
         limit = min(max_context_tokens, int(model.config.max_position_embeddings))
@@ -79,11 +133,17 @@ class Phi3VAdapter(ModelAdapter):
     @classmethod
     def load(cls, settings: Settings) -> Phi3VAdapter:
         device, dtype = resolve_device_and_dtype(settings)
+        started = time.perf_counter()
         model = Phi3VForCausalLM.from_pretrained(
             settings.model_dir, torch_dtype=dtype, attn_implementation=settings.attention, device=device
         )
+        weights_s = time.perf_counter() - started
         processor = Phi3VProcessor.from_pretrained(settings.model_dir)
-        return cls(model, processor, settings.max_context_tokens)
+        started = time.perf_counter()
+        engine = build_engine(model, settings)
+        adapter = cls(model, processor, settings.max_context_tokens, engine)
+        adapter.timings.update(weights_s=weights_s, engine_s=time.perf_counter() - started)
+        return adapter
 
     def describe(self) -> dict[str, str]:
         return {
@@ -92,6 +152,10 @@ class Phi3VAdapter(ModelAdapter):
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "attention": str(self.model.config._attn_implementation),
             "max_context_tokens": str(self.capabilities.max_context_tokens),
+            "engine": type(self.engine).__name__,
+            "rows": str(self.engine.rows),
+            "row_capacity_tokens": str(self.engine.capacity),
+            **{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in self.timings.items()},
         }
 
     def image_processor(self, num_crops: int) -> Phi3VImageProcessor:
@@ -138,9 +202,9 @@ class Phi3VAdapter(ModelAdapter):
         inputs.pop("num_img_tokens", None)
         return inputs
 
-    def generate(
-        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
-    ) -> Iterator[str]:
+    def start(self, request: GenerationRequest, stats: GenerationStats, stream: TokenStream) -> Transcript:
+        """Preprocess (CPU: schema, images, tokens) and hand the request to the engine; returns what turns
+        the stream's tokens into text. Raises E1xxx for the caller's mistakes, E2020 when it cannot fit."""
         started = time.perf_counter()
         constraint = self.schema_compiler().compile(request.json_schema) if request.json_schema else None
         inputs = self.prepare(request)
@@ -153,52 +217,59 @@ class Phi3VAdapter(ModelAdapter):
             ),
             self.model.device,
         )
-        decoder = IncrementalDecoder(self.tokenizer)
-        text: list[str] = []
-        first_at: float | None = None
-        stats.finish_reason = "length"
-        for token in generate_tokens(
-            self.model,
-            inputs,
+        job = Job(
+            input_ids=inputs["input_ids"],
+            pixel_values=inputs.get("pixel_values"),
+            image_sizes=inputs.get("image_sizes"),
             max_new_tokens=request.max_new_tokens,
             sampler=sampler,
             stop_ids=self.stop_ids,
             constraint=constraint,
-            cancel=cancel,
-        ):
-            now = time.perf_counter()
-            if first_at is None:
-                first_at = now
-                stats.time_to_first_token = now - started
-            stats.output_token_count += 1
-            if token in self.stop_ids:
-                stats.finish_reason = "stop"
-                break
-            piece = decoder.push(token)
-            if piece:
-                text.append(piece)
-                yield piece
-        else:
-            if constraint is not None and constraint.is_finished():
-                stats.finish_reason = "stop"
-        if cancel is not None and cancel.is_set():
-            stats.finish_reason = "cancelled"
-        tail = decoder.flush()
-        if tail:
-            text.append(tail)
+            stream=stream,
+        )
+        self.engine.submit(job)
+        return Transcript(self.tokenizer, self.stop_ids, stats, started, request)
+
+    def generate(
+        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        stream = TokenStream()
+        if cancel is not None:
+            stream.cancel_event = cancel
+        transcript = self.start(request, stats, stream)
+        try:
+            for token in stream:
+                if piece := transcript.push(token):
+                    yield piece
+        finally:
+            stream.cancel()  # a reader that stops early frees the row; a no-op once the engine is done
+        if tail := transcript.close(stream.finish_reason):
             yield tail
-        if first_at is not None and stats.output_token_count > 1:
-            stats.tokens_per_second = (stats.output_token_count - 1) / max(
-                time.perf_counter() - first_at, 1e-9
-            )
-        if request.json_schema is not None and stats.finish_reason != "cancelled":
-            validate_output("".join(text), request.json_schema, request.max_new_tokens)
+
+    async def agenerate(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
+        stream = TokenStream()
+        stream.bind(asyncio.get_running_loop())
+        # Preprocessing is CPU work (image decode, HD transform): off the event loop, so that concurrent
+        # requests keep streaming while one is being prepared.
+        transcript = await asyncio.to_thread(self.start, request, stats, stream)
+        try:
+            async for token in stream:
+                if piece := transcript.push(token):
+                    yield piece
+        finally:
+            stream.cancel()
+        if tail := transcript.close(stream.finish_reason):
+            yield tail
 
     def warmup(self) -> float:
-        """One short generation on a synthetic image: compiles kernels and proves the model runs."""
+        """Capture the decode CUDA graphs (GPU), then one short generation on a synthetic image: proves the
+        model runs and warms the kernels, so the first user request pays for neither."""
         from PIL import Image
 
         started = time.perf_counter()
+        if isinstance(self.engine, Engine):
+            graphs, graphs_s = self.engine.runner.capture_all(self.engine.capacity)
+            self.timings.update(cuda_graphs=graphs, cuda_graphs_s=graphs_s)
         request = GenerationRequest(
             prompt="What is in this image?",
             images=(Image.new("RGB", (64, 48), "gray"),),
@@ -207,4 +278,5 @@ class Phi3VAdapter(ModelAdapter):
         )
         for _ in self.generate(request, GenerationStats()):
             pass
-        return time.perf_counter() - started
+        self.timings["warmup_s"] = time.perf_counter() - started
+        return self.timings["warmup_s"]

@@ -1,0 +1,67 @@
+# Written with AI assistance; review before relying on it.
+"""The plain engine: one request at a time through cerebro.generation.generate_tokens (a DynamicCache,
+no batching, no CUDA graphs). The same interface as the batching Engine, for CEREBRO_ENGINE=plain: a
+reference to compare against and a fallback when the batching engine misbehaves on some platform.
+
+Not here: anything fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from cerebro.engine.scheduler import Job
+from cerebro.errors import ServerError
+from cerebro.generation import generate_tokens
+
+log = logging.getLogger(__name__)
+
+
+class PlainEngine:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.rows, self.capacity = 1, int(model.config.max_position_embeddings)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="cerebro-plain-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if not self._thread.is_alive():
+            raise ServerError("the generation engine is not running", code="E2000")
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._run(job)
+            except BaseException as err:
+                job.stream.fail(err)
+
+    def _run(self, job: Job) -> None:
+        if job.stream.cancelled:
+            job.stream.finish("cancelled")
+            return
+        inputs = {"input_ids": job.input_ids}
+        if job.pixel_values is not None and job.image_sizes is not None:
+            inputs.update(pixel_values=job.pixel_values, image_sizes=job.image_sizes)
+        reason = "length"
+        for token in generate_tokens(
+            self.model,
+            inputs,
+            max_new_tokens=job.max_new_tokens,
+            sampler=job.sampler,
+            stop_ids=job.stop_ids,
+            constraint=job.constraint,
+            cancel=job.stream.cancel_event,
+        ):
+            job.stream.put(token)
+            if token in job.stop_ids or (job.constraint is not None and job.constraint.is_finished()):
+                reason = "stop"
+        job.stream.finish("cancelled" if job.stream.cancelled and reason != "stop" else reason)

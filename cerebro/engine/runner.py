@@ -1,0 +1,207 @@
+# Written with AI assistance; review before relying on it.
+"""The model's two forwards over a RowKVCache: prefill of one request into a row, and one decode step
+for rows 0..B-1 at once, replayed from CUDA graphs on a GPU.
+
+Both run transformers' own Phi3 decoder layers (the same modules and kernels as the plain path, so the
+greedy tokens agree); what is ours is around them:
+- RoPE per row: each row picks the short or the long LongRoPE frequencies by its own length, where
+  transformers picks one set for the whole batch;
+- the decode mask [B, 1, 1, span]: row b sees positions 0..positions[b];
+- static input buffers (tokens, positions, long flags) that CUDA graphs read at fixed addresses, one graph
+  per (batch bucket, span bucket), captured on first use or in warm-up.
+
+Prefill is not graphed: its length varies per request, and SDPA with is_causal=True (flash attention on
+a GPU) already keeps it compute-bound. The vision tower runs once here, at prefill.
+
+Not here: which request owns which row, sampling, stopping (scheduler.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from typing import Any
+
+import torch
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from cerebro.engine.kv_cache import RowKVCache
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+SPAN_QUANTUM = 256  # spans are multiples of this: 256, 512, 768 (x1.5 steps beyond 1024, see span_for)
+
+
+def bucket_up(value: int, buckets: tuple[int, ...]) -> int:
+    i = bisect.bisect_left(buckets, value)
+    if i == len(buckets):
+        raise ValueError(f"{value} is above the largest bucket {buckets[-1]}")
+    return buckets[i]
+
+
+def span_buckets(capacity: int) -> tuple[int, ...]:
+    """Attention spans for decode: 256, 512, 768, 1024, then x1.5 (rounded to 256) up to the capacity.
+    Few enough to capture every graph in warm-up, close enough that little attention is wasted."""
+    spans, s = [], SPAN_QUANTUM
+    while s < capacity:
+        spans.append(s)
+        s = s + SPAN_QUANTUM if s < 1024 else -(-int(s * 1.5) // SPAN_QUANTUM) * SPAN_QUANTUM
+    spans.append(capacity)
+    return tuple(spans)
+
+
+class ModelRunner:
+    def __init__(self, model: Any, cache: RowKVCache, *, cuda_graphs: bool) -> None:
+        self.model = model
+        self.lm = model.model  # Phi3VModel: embed_tokens, layers, norm, rotary_emb, embed_inputs
+        self.cache = cache
+        self.device = model.device
+        self.dtype = model.dtype
+        config = model.config
+        rotary = self.lm.rotary_emb
+        self.short_inv_freq = rotary.original_inv_freq.to(self.device, torch.float32)  # [D/2]
+        self.original_max: int | None = None
+        self.long_inv_freq = self.short_inv_freq
+        if config.rope_parameters.get("rope_type") == "longrope":
+            self.original_max = int(config.rope_parameters["original_max_position_embeddings"])
+            long_inv_freq, _ = ROPE_INIT_FUNCTIONS["longrope"](
+                config, self.device, seq_len=self.original_max + 1
+            )
+            self.long_inv_freq = long_inv_freq.to(self.device, torch.float32)
+        self.attention_scaling = float(rotary.attention_scaling)
+
+        self.batch_buckets = (*(b for b in BATCH_BUCKETS if b < cache.rows), cache.rows)
+        self.spans = span_buckets(cache.capacity)
+        rows = cache.rows
+        # Static decode inputs: filled before every step, read by the graphs at fixed addresses.
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.long_rows = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        self.span_index = torch.arange(cache.capacity, device=self.device)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+
+    # ---------------------------------------------------------------------------------------- shared
+
+    def is_long(self, length: int) -> bool:
+        """LongRoPE: a sequence of more than original_max tokens uses the long factors."""
+        return self.original_max is not None and length > self.original_max
+
+    def rope(self, positions: torch.Tensor, long_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T], long_rows [B] -> cos, sin [B, T, D] (transformers' formula, per row)."""
+        inv_freq = torch.where(long_rows[:, None], self.long_inv_freq, self.short_inv_freq)  # B, D/2
+        freqs = positions[..., None].float() * inv_freq[:, None, :]  # B, T, D/2
+        emb = torch.cat((freqs, freqs), dim=-1)  # B, T, D
+        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(self.dtype), sin.to(self.dtype)
+
+    def _forward(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        long_rows: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """embeds [B, T, D] -> float32 logits [B, V] of each row's last token."""
+        cos_sin = self.rope(positions, long_rows)
+        hidden = embeds
+        for layer in self.lm.layers:
+            hidden = layer(
+                hidden, attention_mask=mask, position_embeddings=cos_sin, past_key_values=self.cache
+            )
+        hidden = self.lm.norm(hidden[:, -1:])  # B, 1, D (RMSNorm is per token: the last one is enough)
+        return self.model.lm_head(hidden)[:, 0].float()  # B, V
+
+    # ---------------------------------------------------------------------------------------- prefill
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        row: int,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids [1, T] (negative = image token) into `row` -> (logits [V], image_embeds [T_img, D]).
+        Pass image_embeds from an earlier prefill to re-encode without the vision tower."""
+        input_ids = input_ids.to(self.device)
+        embeds, image_embeds = self.lm.embed_inputs(
+            input_ids,
+            None if pixel_values is None else pixel_values.to(self.device),
+            None if image_sizes is None else image_sizes.to(self.device),
+            image_embeds,
+        )  # 1, T, D
+        length = int(input_ids.shape[1])
+        self.cache.prefill(row, length)
+        positions = torch.arange(length, device=self.device)[None]  # 1, T
+        long_rows = torch.tensor([self.is_long(length)], device=self.device)
+        # mask=None: transformers' SDPA path then uses is_causal=True over exactly these T keys.
+        return self._forward(embeds, positions, long_rows, None)[0], image_embeds
+
+    # ---------------------------------------------------------------------------------------- decode
+
+    def _decode_step(self, batch: int, span: int) -> torch.Tensor:
+        """One token for each of rows 0..batch-1 from the static buffers -> logits [batch, V]."""
+        positions = self.positions[:batch]
+        embeds = self.lm.embed_tokens(self.tokens[:batch])[:, None]  # B, 1, D
+        mask = (self.span_index[:span][None, :] <= positions[:, None])[:, None, None, :]  # B, 1, 1, span
+        self.cache.decode(batch, span, self.positions)
+        return self._forward(embeds, positions[:, None], self.long_rows[:batch], mask)
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], positions: list[int], long_rows: list[bool]) -> torch.Tensor:
+        """Rows 0..n-1 feed tokens[i] at positions[i] -> logits [n, V]. Rows n..B-1 of the batch bucket
+        are idle rows fed token 0 at position 0 (their contents are overwritten by the next prefill)."""
+        n = len(tokens)
+        batch = bucket_up(n, self.batch_buckets)
+        span = bucket_up(max(positions) + 1, self.spans)
+        pad = batch - n
+        self.tokens[:batch].copy_(torch.tensor(tokens + [0] * pad), non_blocking=True)
+        self.positions[:batch].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
+        self.long_rows[:batch].copy_(torch.tensor(long_rows + [False] * pad), non_blocking=True)
+        if not self.cuda_graphs:
+            return self._decode_step(batch, span)[:n]
+        if (batch, span) not in self.graphs:
+            self.capture(batch, span)
+        graph, logits = self.graphs[(batch, span)]
+        graph.replay()
+        return logits[:n]
+
+    def capture(self, batch: int, span: int) -> float:
+        """Record the decode step for (batch, span) as a CUDA graph; returns seconds taken.
+
+        The eager warm-up runs write the same keys and values the replay will (same inputs), so capturing
+        in the middle of serving is safe."""
+        started = time.perf_counter()
+        with torch.inference_mode():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # cuBLAS and allocator warm-up outside the capture
+                    self._decode_step(batch, span)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.graph_pool):
+                logits = self._decode_step(batch, span)
+        self.graphs[(batch, span)] = (graph, logits)
+        return time.perf_counter() - started
+
+    def capture_all(self, max_span: int) -> tuple[int, float]:
+        """Capture every (batch bucket, span bucket <= max_span): largest first, so later graphs reuse the
+        pool memory. Returns (graphs captured, seconds)."""
+        if not self.cuda_graphs:
+            return 0, 0.0
+        started, count = time.perf_counter(), 0
+        self.positions.zero_()  # idle rows: every write lands at position 0 of a row nobody owns yet
+        self.tokens.zero_()
+        for batch in reversed(self.batch_buckets):
+            for span in reversed([s for s in self.spans if s <= max_span]):
+                if (batch, span) not in self.graphs:
+                    self.capture(batch, span)
+                    count += 1
+        torch.cuda.synchronize()
+        return count, time.perf_counter() - started

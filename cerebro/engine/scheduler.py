@@ -1,0 +1,240 @@
+# Written with AI assistance; review before relying on it.
+"""Continuous batching: one engine thread owns the GPU and decodes every running request together.
+
+    submit(job) -> waiting queue -> [a free row] -> prefill -> running rows 0..n-1 -> decode steps -> done
+
+Each loop turn admits waiting requests into free rows (a prefill each, which yields their first token),
+then runs ONE decode step for all running rows, samples each row with its own settings, and streams
+each token to its reader. A request leaves as soon as it stops (stop token, max_new_tokens, a finished
+JSON constraint, or cancel), and its row goes to the next waiting request at the next turn. Running rows
+stay contiguous (the last row moves into a freed one) so a step is always rows 0..n-1.
+
+Budget: every row holds `capacity` tokens. A request needing more (prompt + max_new_tokens) is refused
+at submit with E2020; one that fits waits in the queue until a row is free.
+
+Failures: an exception in a request's prefill fails that request; one in a decode step fails the
+requests in that step. Either way the rows are freed and the loop goes on. Exceptions reach the
+reader unchanged (the runner translates them at the edge, e.g. CUDA out-of-memory -> E2031).
+
+LongRoPE: a row whose sequence reaches original_max + 1 tokens is re-encoded whole with the long
+factors (reusing its image features), as the plain path does; the other rows are not affected.
+
+Not here: tensors of the forward pass (runner.py), text and stats (the adapter).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cerebro.engine.kv_cache import RowKVCache
+from cerebro.engine.runner import ModelRunner
+from cerebro.engine.stream import TokenStream
+from cerebro.errors import CapacityError, ServerError
+from cerebro.generation import LogitsConstraint, Sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request as the engine sees it: token ids, images, and how to sample and stop."""
+
+    input_ids: torch.Tensor  # [1, T]; negative ids are image-token positions
+    pixel_values: torch.Tensor | None
+    image_sizes: torch.Tensor | None
+    max_new_tokens: int
+    sampler: Sampler
+    stop_ids: frozenset[int]
+    constraint: LogitsConstraint | None = None
+    stream: TokenStream = field(default_factory=TokenStream)
+    # Engine state, owned by the engine thread.
+    row: int = -1
+    length: int = 0  # tokens in the cache
+    long: bool = False  # the cache was built with the long LongRoPE factors
+    generated: list[int] = field(default_factory=list)
+    image_embeds: torch.Tensor | None = None
+    seen: torch.Tensor | None = None  # ids in the sequence, for the repetition penalty
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def tokens_needed(self) -> int:
+        return self.prompt_length + self.max_new_tokens
+
+    @property
+    def plain_greedy(self) -> bool:
+        p = self.sampler.params
+        return p.temperature == 0.0 and p.repetition_penalty == 1.0 and self.constraint is None
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """logits [V] float32 (may be modified in place) -> the next token; advances the constraint."""
+        if self.constraint is not None:
+            self.constraint.mask(logits)
+        if self.seen is None and self.sampler.params.repetition_penalty != 1.0:
+            ids = self.input_ids[0]
+            done = torch.tensor(self.generated, dtype=torch.long)
+            self.seen = torch.cat([ids[ids >= 0], done]).to(logits.device)
+        token = self.sampler(logits, self.seen)
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, torch.tensor([token], device=self.seen.device)])
+        return token
+
+
+class Engine:
+    def __init__(self, model: Any, *, rows: int, capacity: int, cuda_graphs: bool) -> None:
+        config = model.config
+        self.cache = RowKVCache(
+            num_layers=config.num_hidden_layers,
+            rows=rows,
+            kv_heads=config.num_key_value_heads,
+            capacity=capacity,
+            head_dim=config.hidden_size // config.num_attention_heads,
+            dtype=model.dtype,
+            device=model.device,
+        )
+        self.runner = ModelRunner(model, self.cache, cuda_graphs=cuda_graphs)
+        self.rows, self.capacity = rows, capacity
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []  # index = row
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="cerebro-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------- public
+
+    def submit(self, job: Job) -> None:
+        """Queue a request; raises CapacityError (E2020) when it can never fit a row."""
+        if job.tokens_needed > self.capacity:
+            raise CapacityError(
+                f"the request needs {job.tokens_needed} tokens of KV cache ({job.prompt_length} prompt + "
+                f"{job.max_new_tokens} max_new_tokens); this deployment holds at most {self.capacity} per "
+                "request. Lower max_new_tokens or num_crops, or give it more room with "
+                "CEREBRO_KV_CACHE_TOKENS or a lower CEREBRO_MAX_BATCH",
+                field="max_new_tokens",
+                code="E2020",
+            )
+        with self._cond:
+            if self._closed or not self._thread.is_alive():
+                raise ServerError("the generation engine is not running", code="E2000")
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) requests right now."""
+        with self._cond:
+            return len(self._running), len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                free = self.rows - len(self._running)
+                admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+            try:
+                for job in admitted:
+                    self._admit(job)
+                if self._running:
+                    self._step()
+            except BaseException as err:
+                log.exception("engine_step_failed running=%d", len(self._running))
+                self._fail(list(self._running), err)
+        error = ServerError("the generation engine was shut down", code="E2000")
+        with self._cond:
+            pending = list(self._waiting) + self._running
+            self._waiting.clear()
+        self._fail(pending, error)
+
+    def _admit(self, job: Job) -> None:
+        if job.stream.cancelled:
+            job.stream.finish("cancelled")
+            return
+        row = len(self._running)
+        try:
+            logits, job.image_embeds = self.runner.prefill(
+                row, job.input_ids, job.pixel_values, job.image_sizes
+            )
+        except BaseException as err:
+            self._fail([job], err)
+            return
+        job.row, job.length, job.long = row, job.prompt_length, self.runner.is_long(job.prompt_length)
+        job.pixel_values = None  # the features live on in image_embeds; let the crops go
+        self._running.append(job)
+        self._emit(job, self._pick(job, logits))
+
+    def _step(self) -> None:
+        for job in [j for j in self._running if j.stream.cancelled]:
+            self._release(job, "cancelled")
+        # LongRoPE: a row about to hold original_max + 1 tokens is re-encoded whole with the long factors.
+        for job in [j for j in self._running if not j.long and self.runner.is_long(j.length + 1)]:
+            sequence = torch.cat([job.input_ids, torch.tensor([job.generated])], dim=1)  # 1, length + 1
+            logits, _ = self.runner.prefill(job.row, sequence, image_embeds=job.image_embeds)
+            job.length, job.long = int(sequence.shape[1]), True
+            self._emit(job, self._pick(job, logits))
+        running = list(self._running)
+        if not running:
+            return
+        logits = self.runner.decode(
+            [j.generated[-1] for j in running], [j.length for j in running], [j.long for j in running]
+        )  # n, V
+        greedy = logits.argmax(dim=-1).tolist() if any(j.plain_greedy for j in running) else []
+        for job in running:  # all before any _emit: a release moves rows, and must copy the new token too
+            job.length += 1
+        for i, job in enumerate(running):
+            token = greedy[i] if job.plain_greedy else job.sample(logits[i])
+            self._emit(job, token)
+
+    def _pick(self, job: Job, logits: torch.Tensor) -> int:
+        return int(logits.argmax()) if job.plain_greedy else job.sample(logits)
+
+    def _emit(self, job: Job, token: int) -> None:
+        job.generated.append(token)
+        job.stream.put(token)
+        if token in job.stop_ids or (job.constraint is not None and job.constraint.is_finished()):
+            self._release(job, "stop")
+        elif len(job.generated) >= job.max_new_tokens:
+            self._release(job, "length")
+
+    def _release(self, job: Job, reason: str) -> None:
+        """Free the job's row; the last running row moves into it so rows stay 0..n-1."""
+        if job in self._running:
+            last = self._running[-1]
+            if last is not job:
+                self.cache.move_row(last.row, job.row, last.length)
+                last.row = job.row
+                self._running[job.row] = last
+            self._running.pop()
+        job.stream.finish(reason)
+
+    def _fail(self, jobs: list[Job], err: BaseException) -> None:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        for job in jobs:
+            if job in self._running:
+                self._running.remove(job)
+            job.stream.fail(err)
+        for row, job in enumerate(self._running):  # rows stay 0..n-1 (a failed prefill holds no row)
+            if job.row != row:
+                self.cache.move_row(job.row, row, job.length)
+                job.row = row
