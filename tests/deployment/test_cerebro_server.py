@@ -38,7 +38,7 @@ RUNNER_REF = "cerebro/predict.py:Predictor"
 TERMINAL = ("succeeded", "failed", "canceled")
 METRICS = ("input_token_count", "output_token_count", "time_to_first_token", "tokens_per_second")
 WAIT_S = 30.0  # for a webhook, a cancel to land, the server to be READY again
-# coglet wraps the runner's error ("Prediction failed: Generator iteration error: ImageError: E1103
+# coglet wraps the runner's error ("Prediction failed: Async prediction failed: ImageError: E1103
 # ImageError: ..."); the code is the one just before Cerebro's own "<Type>Error:".
 CODE_RE = re.compile(r"\b(E\d{4}) [A-Za-z]+Error:")
 
@@ -144,6 +144,7 @@ def cerebro_url(cog_server: Callable[..., str], tiny_model_dir: Path) -> str:
             "CEREBRO_MODEL_DIR": str(tiny_model_dir),
             "CEREBRO_ALLOW_LOOPBACK_URLS": "true",  # the image URLs below are served by LoopbackPeer
             "CEREBRO_LOG_LEVEL": "INFO",
+            "CEREBRO_MAX_BATCH": "4",  # concurrent predictions below are decoded together, on CPU too
         },
     )
 
@@ -355,6 +356,73 @@ def test_fifty_mixed_requests_in_a_row_leave_the_server_healthy(
     assert len(seen) == 50
     assert wait_ready(cerebro_url) == "READY"
     assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+
+
+# -------------------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_predictions_each_get_their_own_answer_and_metrics(
+    cerebro_url: str, cog_http: CogHTTP
+) -> None:
+    # Different prompts, images and lengths; more of them than the engine has rows, so some wait and
+    # join the batch as others leave. Greedy: each must equal the same request served alone.
+    requests = [
+        tiny_input(
+            prompt=f"Question {k}: {'what is here? ' * (k % 3)}",
+            image=data_uri(png_bytes((20 + 9 * k, 30 + 5 * k), ("red", "teal", "navy")[k % 3])),
+            max_new_tokens=3 + 2 * k,
+        )
+        for k in range(8)
+    ]
+    alone = []
+    for inputs in requests:
+        status, body = cog_http.predict(cerebro_url, {"input": inputs})
+        assert status == 200 and body["status"] == "succeeded", body
+        alone.append(body)
+
+    together: list[tuple[int, Any] | None] = [None] * len(requests)
+
+    def send(k: int) -> None:
+        together[k] = cog_http.predict(cerebro_url, {"input": requests[k]})
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for k, (one, answer) in enumerate(zip(alone, together, strict=True)):
+        assert answer is not None, f"request {k} got no answer"
+        status, body = answer
+        assert status == 200 and body["status"] == "succeeded", (k, body)
+        assert body["output"] == one["output"], k
+        assert body["metrics"]["output_token_count"] == one["metrics"]["output_token_count"], k
+        assert body["metrics"]["input_token_count"] == one["metrics"]["input_token_count"], k
+
+
+def test_a_short_prediction_finishes_while_a_long_one_runs(
+    cerebro_url: str, cog_http: CogHTTP, peer: LoopbackPeer
+) -> None:
+    long_id = f"cerebro-long-{uuid.uuid4().hex[:12]}"
+    request = {
+        "id": long_id,
+        "input": tiny_input(max_new_tokens=4096, temperature=1.0, seed=11),
+        "webhook": peer.webhook_url,
+    }
+    status, _ = cog_http.predict(cerebro_url, request, headers={"Prefer": "respond-async"})
+    assert status == 202
+    # coglet sends a "processing" webhook when run() starts.
+    started = peer.wait_for(lambda p: p.get("id") == long_id and p["status"] == "processing", timeout_s=10.0)
+    assert started is not None, "the long prediction did not start"
+
+    # Served beside the long one (concurrency), not after it: it succeeds while the long one still runs.
+    assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+    finished = [p for p in peer.webhooks if p.get("id") == long_id and p["status"] in TERMINAL]
+    assert finished == [], "the long prediction ended before the short one was answered"
+
+    assert cog_http.post(f"{cerebro_url}/predictions/{long_id}/cancel")[0] == 200
+    final = peer.wait_for(lambda p: p.get("id") == long_id and p["status"] in TERMINAL)
+    assert final is not None and final["status"] == "canceled"
+    assert wait_ready(cerebro_url) == "READY"
 
 
 # ------------------------------------------------------------------------- bugs found in cerebro/

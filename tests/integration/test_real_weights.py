@@ -98,11 +98,11 @@ def test_real_model_answers_with_the_number_of_people(predictor: Any, prompt: st
     photo = photo_path()
     predictor.metrics = {}
 
-    from cerebro.predict import run_inputs
+    from cerebro.predict import iterate, run_inputs
 
     # In-process, Cog's Input() defaults are not filled in: run_inputs gives every input.
     inputs = run_inputs(prompt=prompt, image=photo, max_new_tokens=8, temperature=0.0, seed=0, num_crops=16)
-    pieces = list(predictor.run(**inputs))
+    pieces = list(iterate(predictor.run(**inputs)))
 
     answer = "".join(pieces)
     assert answer.strip() == str(PEOPLE_IN_PHOTO), f"answer {answer!r}; metrics {predictor.metrics}"

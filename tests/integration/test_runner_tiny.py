@@ -25,7 +25,7 @@ from PIL import Image
 from cerebro.adapters.phi3_v import Phi3VAdapter
 from cerebro.errors import GenerationError, ImageError, InputError, PromptError, SchemaError, WeightsError
 from cerebro.generation import Sampler, SamplingParams, generate_tokens
-from cerebro.predict import Predictor, run_inputs
+from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.utils import load_image
 
@@ -104,7 +104,7 @@ def _inputs(**overrides: Any) -> dict[str, Any]:
 
 def _pieces(predictor: MetricsPredictor, **overrides: Any) -> list[str]:
     predictor.metrics = {}
-    return list(predictor.run(**_inputs(**overrides)))
+    return list(iterate(predictor.run(**_inputs(**overrides))))
 
 
 def _text(predictor: MetricsPredictor, **overrides: Any) -> str:

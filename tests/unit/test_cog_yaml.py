@@ -107,3 +107,13 @@ def test_weights_step_downloads_the_pinned_revision(config: dict[str, Any]) -> N
     included = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--include"]
     assert "*.safetensors" in included
     assert not any(pattern.endswith(".py") for pattern in included), "the remote code must stay out"
+
+
+def test_concurrency_max_is_the_runners(config: dict[str, Any]) -> None:
+    """Replicate reads concurrency.max from cog.yaml; `cog build` and our server read the decorator on
+    run(). Both must say the same, or the deployment queues what the runner could serve."""
+    from cerebro.predict import CONCURRENCY, Predictor
+
+    assert config["concurrency"]["max"] == CONCURRENCY
+    assert Predictor.run.__cog_concurrent_max__ == CONCURRENCY  # type: ignore[attr-defined]
+    assert CONCURRENCY > 1

@@ -32,7 +32,7 @@ from cerebro.errors import (
     URLError,
     WeightsError,
 )
-from cerebro.predict import Predictor, run_inputs
+from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
 
@@ -104,7 +104,7 @@ def _inputs(**overrides: Any) -> dict[str, Any]:
 
 def _run(predictor: MetricsPredictor, **overrides: Any) -> list[str]:
     predictor.metrics = {}
-    return list(predictor.run(**_inputs(**overrides)))
+    return list(iterate(predictor.run(**_inputs(**overrides))))
 
 
 def _png(
@@ -209,7 +209,7 @@ def test_register_and_get_adapter_round_trip(env: pytest.MonkeyPatch) -> None:
 
 def test_pieces_stream_in_order_as_they_are_made(predictor: MetricsPredictor, tmp_path: pathlib.Path) -> None:
     red, blue = _png(tmp_path / "red.png"), _png(tmp_path / "blue.png", BLUE, (3, 9))
-    stream = predictor.run(**_inputs(image=red, images=[blue]))
+    stream = iterate(predictor.run(**_inputs(image=red, images=[blue])))
     fake = _fake(predictor)
     assert fake.requests == []  # nothing runs before the caller iterates
     first = next(iter(stream))
@@ -273,7 +273,7 @@ def test_max_images_is_the_smaller_of_deployment_and_adapter(
 
 
 def test_errors_surface_while_iterating(predictor: MetricsPredictor) -> None:
-    stream = predictor.run(**_inputs(prompt=""))  # no error yet: run() only builds the stream
+    stream = iterate(predictor.run(**_inputs(prompt="")))  # no error yet: run() only builds the stream
     with pytest.raises(PromptError, match=r"^E1010 PromptError: "):
         next(iter(stream))
 
@@ -284,7 +284,7 @@ def test_out_of_memory_is_e2031_and_the_runner_keeps_working(
     png = _png(tmp_path / "a.png")
     got: list[str] = []
     with pytest.raises(GenerationError, match=r"^E2031 GenerationError: the GPU ran out of memory") as info:
-        got.extend(predictor.run(**_inputs(prompt="oom", image=png)))
+        got.extend(iterate(predictor.run(**_inputs(prompt="oom", image=png))))
     err = info.value
     assert err.code == "E2031"
     assert not err.is_caller_error

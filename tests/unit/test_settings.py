@@ -16,11 +16,14 @@ INTEGER_VARS = {
     "CEREBRO_MAX_IMAGE_BYTES": "max_image_bytes",
     "CEREBRO_MAX_IMAGE_PIXELS": "max_image_pixels",
     "CEREBRO_MAX_CONTEXT_TOKENS": "max_context_tokens",
+    "CEREBRO_MAX_BATCH": "max_batch",
+    "CEREBRO_KV_CACHE_TOKENS": "kv_cache_tokens",
 }
 FLAG_VARS = {
     "CEREBRO_ALLOW_LOOPBACK_URLS": "allow_loopback_urls",
     "CEREBRO_ALLOW_PRIVATE_URLS": "allow_private_urls",
     "CEREBRO_WARMUP": "warmup",
+    "CEREBRO_CUDA_GRAPHS": "cuda_graphs",
 }
 TEXT_VARS = {
     "CEREBRO_ADAPTER": "adapter",
@@ -31,6 +34,7 @@ ALL_VARS = [
     "CEREBRO_MODEL_DIR",
     "CEREBRO_DEVICE",
     "CEREBRO_LOG_LEVEL",
+    "CEREBRO_ENGINE",
     *INTEGER_VARS,
     *FLAG_VARS,
     *TEXT_VARS,
@@ -53,6 +57,8 @@ def test_defaults() -> None:
     assert s.max_context_tokens == 32768
     assert (s.allow_loopback_urls, s.allow_private_urls, s.warmup) == (False, False, True)
     assert s.log_level == "INFO"
+    # 0 = chosen at load time from the device and its free memory (cerebro/engine/__init__.py)
+    assert (s.engine, s.max_batch, s.kv_cache_tokens, s.cuda_graphs) == ("batched", 0, 0, True)
 
 
 def test_every_variable_is_parsed() -> None:
@@ -70,6 +76,10 @@ def test_every_variable_is_parsed() -> None:
         "CEREBRO_ALLOW_PRIVATE_URLS": "yes",
         "CEREBRO_WARMUP": "false",
         "CEREBRO_LOG_LEVEL": "debug",
+        "CEREBRO_ENGINE": "Plain",
+        "CEREBRO_MAX_BATCH": "4",
+        "CEREBRO_KV_CACHE_TOKENS": "8192",
+        "CEREBRO_CUDA_GRAPHS": "off",
     }
     s = Settings.from_env(env)
     assert s == Settings(
@@ -86,6 +96,10 @@ def test_every_variable_is_parsed() -> None:
         allow_private_urls=True,
         warmup=False,
         log_level="DEBUG",
+        engine="plain",
+        max_batch=4,
+        kv_cache_tokens=8192,
+        cuda_graphs=False,
     )
     # every field differs from its default, so no variable can be silently ignored
     defaults = Settings()
@@ -174,3 +188,9 @@ def test_model_dir_device_and_log_level_are_normalised() -> None:
         {"CEREBRO_MODEL_DIR": " /w ", "CEREBRO_DEVICE": " cpu ", "CEREBRO_LOG_LEVEL": " warning"}
     )
     assert (s.model_dir, s.device, s.log_level) == (Path("/w"), "cpu", "WARNING")
+
+
+def test_unknown_engine_names_the_variable_and_the_choices() -> None:
+    with pytest.raises(InputError, match=r"CEREBRO_ENGINE='fast'; use one of batched, plain") as info:
+        Settings.from_env({"CEREBRO_ENGINE": "fast"})
+    assert info.value.field == "CEREBRO_ENGINE"
