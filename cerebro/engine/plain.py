@@ -51,7 +51,7 @@ class PlainEngine:
         inputs = {"input_ids": job.input_ids}
         if job.pixel_values is not None and job.image_sizes is not None:
             inputs.update(pixel_values=job.pixel_values, image_sizes=job.image_sizes)
-        reason = "length"
+        reason, count = "length", 0
         for token in generate_tokens(
             self.model,
             inputs,
@@ -61,7 +61,9 @@ class PlainEngine:
             constraint=job.constraint,
             cancel=job.stream.cancel_event,
         ):
+            count += 1
             job.stream.put(token)
             if token in job.stop_ids or (job.constraint is not None and job.constraint.is_finished()):
                 reason = "stop"
-        job.stream.finish("cancelled" if job.stream.cancelled and reason != "stop" else reason)
+        cut_short = job.stream.cancelled and reason != "stop" and count < job.max_new_tokens
+        job.stream.finish("cancelled" if cut_short else reason)

@@ -12,8 +12,9 @@ stay contiguous (the last row moves into a freed one) so a step is always rows 0
 Budget: every row holds `capacity` tokens. A request needing more (prompt + max_new_tokens) is refused
 at submit with E2020; one that fits waits in the queue until a row is free.
 
-Failures: an exception in a request's prefill fails that request; one in a decode step fails the
-requests in that step. Either way the rows are freed and the loop goes on. Exceptions reach the
+Failures: an exception in a request's prefill, LongRoPE re-encode or sampling fails that request; one
+in the batched decode forward fails the requests of that step. Either way their rows are freed and the
+loop goes on. Exceptions reach the
 reader unchanged (the runner translates them at the edge, e.g. CUDA out-of-memory -> E2031).
 
 LongRoPE: a row whose sequence reaches original_max + 1 tokens is re-encoded whole with the long
@@ -157,9 +158,10 @@ class Engine:
                     self._admit(job)
                 if self._running:
                     self._step()
-            except BaseException as err:
+            except BaseException as err:  # the loop must outlive any one failure
                 log.exception("engine_step_failed running=%d", len(self._running))
-                self._fail(list(self._running), err)
+                stranded = [j for j in admitted if j not in self._running and not j.stream.finish_reason]
+                self._fail([*self._running, *stranded], err)
         error = ServerError("the generation engine was shut down", code="E2000")
         with self._cond:
             pending = list(self._waiting) + self._running
@@ -167,21 +169,23 @@ class Engine:
         self._fail(pending, error)
 
     def _admit(self, job: Job) -> None:
-        if job.stream.cancelled:
-            job.stream.finish("cancelled")
+        if job.stream.cancelled or job.max_new_tokens < 1:
+            job.stream.finish("cancelled" if job.stream.cancelled else "length")
             return
         row = len(self._running)
         try:
             logits, job.image_embeds = self.runner.prefill(
                 row, job.input_ids, job.pixel_values, job.image_sizes
             )
-        except BaseException as err:
-            self._fail([job], err)
+            token = self._pick(job, logits)
+        except BaseException as err:  # fails this request only; it holds no row yet
+            job.stream.fail(err)
+            self._after_failure(err)
             return
         job.row, job.length, job.long = row, job.prompt_length, self.runner.is_long(job.prompt_length)
         job.pixel_values = None  # the features live on in image_embeds; let the crops go
         self._running.append(job)
-        self._emit(job, self._pick(job, logits))
+        self._emit(job, token)
 
     def _step(self) -> None:
         for job in [j for j in self._running if j.stream.cancelled]:
@@ -189,12 +193,18 @@ class Engine:
         # LongRoPE: a row about to hold original_max + 1 tokens is re-encoded whole with the long factors.
         for job in [j for j in self._running if not j.long and self.runner.is_long(j.length + 1)]:
             sequence = torch.cat([job.input_ids, torch.tensor([job.generated])], dim=1)  # 1, length + 1
-            logits, _ = self.runner.prefill(job.row, sequence, image_embeds=job.image_embeds)
-            job.length, job.long = int(sequence.shape[1]), True
-            self._emit(job, self._pick(job, logits))
+            try:
+                logits, _ = self.runner.prefill(job.row, sequence, image_embeds=job.image_embeds)
+                job.length, job.long = int(sequence.shape[1]), True
+                token = self._pick(job, logits)
+            except BaseException as err:  # fails this request only
+                self._fail([job], err)
+                continue
+            self._emit(job, token)
         running = list(self._running)
         if not running:
             return
+        # A failure here (the forward itself) fails every request of the step: raised to _loop.
         logits = self.runner.decode(
             [j.generated[-1] for j in running], [j.length for j in running], [j.long for j in running]
         )  # n, V
@@ -202,7 +212,11 @@ class Engine:
         for job in running:  # all before any _emit: a release moves rows, and must copy the new token too
             job.length += 1
         for i, job in enumerate(running):
-            token = greedy[i] if job.plain_greedy else job.sample(logits[i])
+            try:
+                token = greedy[i] if job.plain_greedy else job.sample(logits[i])
+            except BaseException as err:  # a sampler or constraint error: this request only
+                self._fail([job], err)
+                continue
             self._emit(job, token)
 
     def _pick(self, job: Job, logits: torch.Tensor) -> int:
@@ -217,24 +231,27 @@ class Engine:
             self._release(job, "length")
 
     def _release(self, job: Job, reason: str) -> None:
-        """Free the job's row; the last running row moves into it so rows stay 0..n-1."""
-        if job in self._running:
-            last = self._running[-1]
-            if last is not job:
-                self.cache.move_row(last.row, job.row, last.length)
-                last.row = job.row
-                self._running[job.row] = last
-            self._running.pop()
+        self._free_row(job)
         job.stream.finish(reason)
 
     def _fail(self, jobs: list[Job], err: BaseException) -> None:
-        if isinstance(err, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
         for job in jobs:
-            if job in self._running:
-                self._running.remove(job)
+            self._free_row(job)
             job.stream.fail(err)
-        for row, job in enumerate(self._running):  # rows stay 0..n-1 (a failed prefill holds no row)
-            if job.row != row:
-                self.cache.move_row(job.row, row, job.length)
-                job.row = row
+        self._after_failure(err)
+
+    def _free_row(self, job: Job) -> None:
+        """The last running row moves into the job's row, so running rows stay 0..n-1."""
+        if job not in self._running:
+            return
+        last = self._running[-1]
+        if last is not job:
+            self.cache.move_row(last.row, job.row, last.length)
+            last.row = job.row
+            self._running[job.row] = last
+        self._running.pop()
+
+    @staticmethod
+    def _after_failure(err: BaseException) -> None:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()  # give the failed request's blocks back before the next one

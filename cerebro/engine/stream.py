@@ -3,7 +3,7 @@
 
 The engine calls `put(token)` for every new token, then exactly one of `finish(reason)` or
 `fail(error)`. A reader iterates token ids (`for` or `async for`); a failure is raised in the reader,
-and `finish_reason` says why the stream ended: "stop", "length" or "cancelled".
+and `finish_reason` says why the stream ended: "stop", "length", "cancelled" or "error".
 
 Not here: text (the adapter decodes tokens), sampling (scheduler.py).
 """
