@@ -371,7 +371,7 @@ def engine_request(
     inputs = prep(num_crops)
     timing.prompt_tokens = int(inputs["input_ids"].shape[1])
     timing.prepared = time.perf_counter()
-    device = engine.runner.device
+    device = engine.device
     job = Job(
         input_ids=inputs["input_ids"],
         pixel_values=inputs["pixel_values"],
@@ -649,7 +649,7 @@ def run_cerebro(
     setup.update(engine_alloc_s=time.perf_counter() - started, rows=rows, capacity_tokens=capacity)
     setup["kv_cache_gb"] = engine.cache.nbytes / 1e9
     try:
-        graphs, graphs_s = engine.runner.capture_all(engine.capacity)
+        graphs, graphs_s = engine.capture_graphs()
         setup.update(graph_capture_s=graphs_s, graph_count=graphs, cuda_graphs=engine.runner.cuda_graphs)
         started = time.perf_counter()
         for crops in sorted({NUM_CROPS[s] for s in args.scenarios}):

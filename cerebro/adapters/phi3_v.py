@@ -268,7 +268,7 @@ class Phi3VAdapter(ModelAdapter):
 
         started = time.perf_counter()
         if isinstance(self.engine, Engine):
-            graphs, graphs_s = self.engine.runner.capture_all(self.engine.capacity)
+            graphs, graphs_s = self.engine.capture_graphs()
             self.timings.update(cuda_graphs=graphs, cuda_graphs_s=graphs_s)
         request = GenerationRequest(
             prompt="What is in this image?",

@@ -131,6 +131,18 @@ class Engine:
             self._waiting.append(job)
             self._cond.notify()
 
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    def capture_graphs(self) -> tuple[int, float]:
+        """Capture the decode CUDA graph of every (batch, span) bucket before serving (a no-op on CPU);
+        returns (graphs, seconds). Call it while no request runs: capture writes to idle rows."""
+        with self._cond:
+            if self._running or self._waiting:
+                raise RuntimeError("capture_graphs() while requests are running")
+            return self.runner.capture_all(self.capacity)
+
     def load(self) -> tuple[int, int]:
         """(running, waiting) requests right now."""
         with self._cond:
