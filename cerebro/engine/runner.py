@@ -185,7 +185,8 @@ class ModelRunner:
                     self._decode_step(batch, span)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.graph_pool):
+            # thread_local: request threads may touch CUDA (e.g. a sampler's generator) during a capture.
+            with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
                 logits = self._decode_step(batch, span)
         self.graphs[(batch, span)] = (graph, logits)
         return time.perf_counter() - started

@@ -432,7 +432,10 @@ def test_operator_log_lines_reach_the_setup_and_prediction_logs(cerebro_url: str
     status, body = cog_http.predict(cerebro_url, {"input": tiny_input()})
 
     assert status == 200 and body["status"] == "succeeded"
-    assert "setup_s=" in health(cerebro_url)["setup"]["logs"]
+    setup_logs = health(cerebro_url)["setup"]["logs"]
+    # The setup line names its parts, so an operator sees where boot time went.
+    for part in ("setup_s=", "weights_s=", "engine_s=", "warmup_s=", "engine=Engine", "rows=4"):
+        assert part in setup_logs, part
     assert "prediction input_tokens=" in body["logs"]
 
 

@@ -23,7 +23,15 @@ import torch
 from PIL import Image
 
 from cerebro.adapters.phi3_v import Phi3VAdapter
-from cerebro.errors import GenerationError, ImageError, InputError, PromptError, SchemaError, WeightsError
+from cerebro.errors import (
+    CapacityError,
+    GenerationError,
+    ImageError,
+    InputError,
+    PromptError,
+    SchemaError,
+    WeightsError,
+)
 from cerebro.generation import Sampler, SamplingParams, generate_tokens
 from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
@@ -43,6 +51,10 @@ CEREBRO_VARS = (
     "CEREBRO_ALLOW_LOOPBACK_URLS",
     "CEREBRO_ALLOW_PRIVATE_URLS",
     "CEREBRO_LOG_LEVEL",
+    "CEREBRO_ENGINE",
+    "CEREBRO_MAX_BATCH",
+    "CEREBRO_KV_CACHE_TOKENS",
+    "CEREBRO_CUDA_GRAPHS",
 )
 
 
@@ -317,6 +329,25 @@ def test_prompt_over_the_context_is_e1011_naming_counts_and_limit(
     assert "max_new_tokens is 21" in err.message
     assert f"{n_prompt + 21} in all; the limit is {limit}" in err.message
     assert small.metrics["output_token_count"] == 0
+
+
+def test_request_beyond_a_rows_kv_capacity_is_e2020_and_the_runner_goes_on(
+    tiny_model_dir: Path, picture: Path
+) -> None:
+    # 2 rows sharing 2048 tokens: each row holds 1024, the largest request this deployment serves.
+    small = _setup(tiny_model_dir, CEREBRO_MAX_BATCH="2", CEREBRO_KV_CACHE_TOKENS="2048")
+    assert small.adapter.describe()["row_capacity_tokens"] == "1024"
+    _pieces(small, image=picture, max_new_tokens=1, num_crops=1)
+    n_prompt = small.metrics["input_token_count"]
+    with pytest.raises(CapacityError) as info:
+        _pieces(small, image=picture, max_new_tokens=1024 - n_prompt + 1, num_crops=1)
+    err = info.value
+    assert (err.code, err.field, err.is_caller_error) == ("E2020", "max_new_tokens", False)
+    assert (
+        f"needs 1025 tokens of KV cache ({n_prompt} prompt + {1025 - n_prompt} max_new_tokens)" in err.message
+    )
+    assert "at most 1024 per request" in err.message
+    assert _pieces(small, image=picture, max_new_tokens=1024 - n_prompt, num_crops=1)  # exactly a row: fine
 
 
 @pytest.mark.parametrize("num_crops", [0, 17, 2.5])
