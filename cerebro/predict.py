@@ -73,19 +73,22 @@ class Predictor(BaseRunner):
                 field="CEREBRO_MODEL_DIR",
                 code="E2010",
             )
-        self.adapter: ModelAdapter = get_adapter(self.settings.adapter).load(self.settings)
+        adapter_class = get_adapter(self.settings.adapter)  # imports torch and transformers: seconds
+        imported = time.perf_counter()
+        self.adapter: ModelAdapter = adapter_class.load(self.settings)
         self.image_limits = ImageLimits(
             max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
         self.fetch_policy = FetchPolicy(
             allow_loopback=self.settings.allow_loopback_urls, allow_private=self.settings.allow_private_urls
         )
-        load_s = time.perf_counter() - started
+        load_s = time.perf_counter() - imported
         warmup_s = self.adapter.warmup() if self.settings.warmup and hasattr(self.adapter, "warmup") else 0.0
         details = " ".join(f"{k}={v}" for k, v in self.adapter.describe().items())
         log.info(
-            "setup_s=%.2f load_s=%.2f warmup_s=%.2f %s",
+            "setup_s=%.2f import_s=%.2f load_s=%.2f warmup_s=%.2f %s",
             time.perf_counter() - started,
+            imported - started,
             load_s,
             warmup_s,
             details,
