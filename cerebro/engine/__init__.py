@@ -12,6 +12,7 @@ row holds, within a KV-cache budget.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,25 @@ def plan_geometry(
             field="CEREBRO_KV_CACHE_TOKENS",
             code="E2020",
         )
+    cache_bytes = rows * capacity * per_token
+    available = _available_bytes(device)
+    if cache_bytes > available:
+        raise CapacityError(
+            f"a KV cache of {rows} rows x {capacity} tokens needs {cache_bytes / 1e9:.1f} GB and "
+            f"{device.type} has {available / 1e9:.1f} GB available; lower CEREBRO_KV_CACHE_TOKENS or "
+            "CEREBRO_MAX_BATCH",
+            field="CEREBRO_KV_CACHE_TOKENS",
+            code="E2020",
+        )
     return Geometry(rows=rows, capacity=capacity, budget_tokens=budget, bytes_per_token=per_token)
+
+
+def _available_bytes(device: torch.device) -> int:
+    """Memory the cache can take: free GPU memory, or available RAM (checked before allocating, so a
+    budget that cannot fit fails setup with its numbers instead of an allocator error)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def build_engine(model: Any, settings: Settings) -> Engine | PlainEngine:

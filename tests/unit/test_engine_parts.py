@@ -164,6 +164,15 @@ def test_plan_geometry_refuses_a_budget_too_small_for_its_rows() -> None:
     assert "CEREBRO_KV_CACHE_TOKENS" in err.message and "CEREBRO_MAX_BATCH" in err.message
 
 
+def test_plan_geometry_refuses_a_cache_larger_than_the_memory_available() -> None:
+    # 100,000 rows of 4096 tokens at 393,216 bytes a token: 161 TB, more than any machine here has.
+    with pytest.raises(CapacityError) as caught:
+        _geometry(max_batch=100_000, kv_cache_tokens=10**12, max_context_tokens=4096)
+    err = caught.value
+    assert (err.code, err.field) == ("E2020", "CEREBRO_KV_CACHE_TOKENS")
+    assert "100000 rows x 4096 tokens needs 161061.3 GB and cpu has" in err.message
+
+
 def test_plan_geometry_defaults_on_cpu_one_row_in_4_gib() -> None:
     g = _geometry()
     assert g.rows == 1
