@@ -40,7 +40,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from anywhere, without installing cerebro
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from cerebro.engine import Engine, Job, TokenStream  # noqa: E402
 from cerebro.engine.kv_cache import RowKVCache  # noqa: E402
 from cerebro.engine.runner import SPAN_QUANTUM  # noqa: E402
@@ -97,17 +97,6 @@ def shared_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------------ machine
-
-
-def cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name} ({os.cpu_count()} logical CPUs)"
 
 
 def device_name(device: torch.device) -> str:

@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a plain script from anywhere, without installing cerebro
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from cerebro.models.phi3_v import Phi3VProcessor  # noqa: E402
 
 WIDTH, HEIGHT = 2000, 1500
@@ -71,14 +72,7 @@ def synthetic_photo(width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> 
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name} ({os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()})"
+    return f"{cpu_name()}, {platform.system()} {platform.machine()}"
 
 
 def time_runs(fn, runs: int, warmup: int) -> list[float]:  # type: ignore[no-untyped-def]
