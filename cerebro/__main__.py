@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout, err: Te
             return _tiny_model(args, out)
         return _predict(args, out, err)
     except CerebroError as error:
-        print(f"error: {error}", file=err)
+        print(f"error: {error.describe()}", file=err)
         return client.EXIT_USAGE if error.is_caller_error else client.EXIT_API
     except KeyboardInterrupt:
         return client.EXIT_INTERRUPTED
@@ -154,6 +154,8 @@ def _predict(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: dict[str, Any]) -> int:
     os.environ["CEREBRO_MODEL_DIR"] = str(Path(args.model_dir).resolve())
+    # In this process the images are the user's own files: the one place a path is allowed.
+    os.environ["CEREBRO_ALLOW_LOCAL_FILES"] = "true"
     from cerebro.predict import Predictor, iterate, run_inputs
 
     class LocalPredictor(Predictor):
@@ -197,10 +199,11 @@ def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: di
     except CerebroError as error:
         if args.json:
             print(
-                json.dumps({"status": "failed", "error": str(error), "metrics": predictor.metrics}), file=out
+                json.dumps({"status": "failed", "error": error.describe(), "metrics": predictor.metrics}),
+                file=out,
             )
         else:
-            print(f"\nerror: {error}", file=err)
+            print(f"\nerror: {error.describe()}", file=err)
         return client.EXIT_API
     text = "".join(pieces)
     if args.json:

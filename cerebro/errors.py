@@ -9,15 +9,34 @@
     │   └── SchemaError           a JSON schema that is invalid or unsupported
     └── ServerError               ours, not the caller's; E2xxx
         ├── WeightsError          weights missing, or a checkpoint that does not match the config
+        ├── ConfigError           a deployment setting that is not valid (fails setup)
         ├── CapacityError         a request that does not fit the memory budget (retry later)
         └── GenerationError       generation failed (out of memory, output that broke its schema)
 
 Messages name the field, the value and the limit ("images[2] is 25000x25000 pixels; the limit is 50
-megapixels"). `str(error)` renders as "E1102 ImageError: <message>" so a caller can match on the code.
+megapixels"). `str(error)` is "<code> <message>" ("E1102 images[2] is ..."); the Cog server puts the type
+in front ("ImageError: E1102 images[2] is ..."), and `error.describe()` gives that same line in-process.
+
+Every message is bounded (MAX_MESSAGE_CHARS): a message travels back to the caller through the Cog
+server, which permanently retires a prediction slot when an error is too large to send. Caller values
+are shown through `excerpt()`, which keeps only a short prefix.
 This module knows nothing about Cog, HTTP or torch.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+MAX_MESSAGE_CHARS = 1000  # far below any transport limit; a message is one line for a person
+QUOTE_CHARS = 60  # how much of a caller's value a message may repeat
+
+
+def excerpt(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """A caller's value for a message: repr of at most `limit` characters, with the full length when cut."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class CerebroError(Exception):
@@ -26,6 +45,8 @@ class CerebroError(Exception):
     code = "E2000"
 
     def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.message = message
         self.field = field
@@ -37,7 +58,11 @@ class CerebroError(Exception):
         return isinstance(self, InputError)
 
     def __str__(self) -> str:
-        return f"{self.code} {type(self).__name__}: {self.message}"
+        return f"{self.code} {self.message}"
+
+    def describe(self) -> str:
+        """The line a caller reads: "ImageError: E1102 images[2] is ..." (the Cog server's own shape)."""
+        return f"{type(self).__name__}: {self}"
 
     def to_dict(self) -> dict[str, str | None]:
         return {"code": self.code, "type": type(self).__name__, "field": self.field, "message": self.message}
@@ -75,6 +100,10 @@ class WeightsError(ServerError):
     code = "E2010"
 
 
+class ConfigError(ServerError):
+    code = "E2001"
+
+
 class CapacityError(ServerError):
     code = "E2020"
 
@@ -96,14 +125,18 @@ CODES: dict[str, str] = {
     "E1103": "an image cannot be decoded, or its format is not accepted",
     "E1104": "an image is too thin or too small to process",
     "E1105": "an object given as an image is not an image",
+    "E1106": "an image is neither an http(s) URL nor a data URI (this server reads no local files)",
+    "E1107": "the images of one request have more pixels in all than the per-request limit",
     "E1200": "a URL uses a refused scheme or points at a private, loopback or link-local address",
     "E1201": "a URL could not be fetched (timeout, HTTP error, too large, not an image)",
     "E1300": "the JSON schema is not valid JSON or not a valid JSON Schema",
     "E1301": "the JSON schema uses a feature the constrained decoder does not support",
     "E2000": "internal error",
+    "E2001": "a deployment setting is not valid",
     "E2010": "model weights are missing",
     "E2011": "the checkpoint does not match the model configuration (missing or unexpected tensors)",
     "E2020": "the request does not fit the KV-cache budget right now",
+    "E2021": "the server is busy decoding other images; retry shortly",
     "E2030": "generation failed",
     "E2031": "the GPU ran out of memory for this request",
     "E2032": "the output did not validate against the JSON schema",

@@ -55,9 +55,16 @@ class Sampler:
             logits = logits.scatter(
                 0, seen, torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
             )
+            # A tiny penalty (1e-40 is a valid input) overflows a positive logit to inf; keep it finite so
+            # that the shift below cannot make inf - inf = nan.
+            finite = torch.finfo(logits.dtype).max
+            logits = logits.clamp(min=-finite, max=finite)
         if p.temperature == 0.0:
             return int(torch.argmax(logits))
-        logits = logits / p.temperature
+        # Shift so the largest logit is 0 before dividing: a tiny temperature (1e-38) then sends the others
+        # to -inf instead of overflowing them all to inf (softmax of inf is nan). Same distribution.
+        # The floor keeps a temperature below float32's range (5e-324) from rounding to 0 (0 / 0 = nan).
+        logits = (logits - logits.max()) / max(p.temperature, torch.finfo(torch.float32).tiny)
         if p.top_k > 0:
             kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -4,31 +4,53 @@
 No tensor code and no model names here. `run` is async and concurrent: the server runs up to
 CONCURRENCY predictions at once and the adapter's engine batches their decoding. Settings are read once
 in setup(); every input is validated inside run() (cerebro/request.py), because a Cog server started
-without the OpenAPI schema that `cog build` writes validates nothing. Errors are translated here,
-once: Cerebro's own errors keep their code ("E1103 ImageError: ..."), anything unexpected becomes
-"E2000 ServerError: ..." with the traceback in the log, and a CUDA out-of-memory error fails only this
-prediction.
+without the OpenAPI schema that `cog build` writes validates nothing.
+
+Images are strings (an http(s) URL or a data URI), not Cog `Path` inputs: the Cog server downloads
+`Path` inputs itself, to any address and without limits, and passes any other string on as a local
+path. As strings they reach Cerebro untouched, and cerebro/utils fetches them under its SSRF policy
+and one deadline, or refuses them (a local path: E1106, before any filesystem access).
+
+One request, in order: validate and open the images (headers only) -> check its pixels -> wait for
+the memory budget -> decode and preprocess (a worker thread) -> hand the job to the engine (on the
+event loop, so a cancel that arrived while preparing means the job is never queued) -> stream text.
+
+Errors are translated here, once: Cerebro's own errors keep their code (the Cog server shows
+"ImageError: E1103 ..."), anything unexpected becomes "E2000 internal error (incident ID)" with the
+traceback in the operator's log only, and a CUDA out-of-memory error fails only this prediction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from cog import AsyncConcatenateIterator, BaseRunner, Input, Path, concurrent, streaming
+from cog import AsyncConcatenateIterator, BaseRunner, Input, concurrent, streaming
 
+from cerebro import budget
 from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
-from cerebro.errors import CerebroError, GenerationError, ServerError, WeightsError
+from cerebro.errors import CerebroError, GenerationError, ImageError, ServerError, WeightsError
 from cerebro.request import LIMITS, build_request
 from cerebro.settings import Settings
-from cerebro.utils import FetchPolicy, ImageLimits, configure_logging, load_image
+from cerebro.utils import (
+    OPERATOR_LOGGER,
+    FetchPolicy,
+    ImageLimits,
+    configure_logging,
+    decode_image,
+    open_image,
+)
 
 # Cog imports this file as the module "predict"; name the logger so it sits under "cerebro".
 log = logging.getLogger("cerebro.predict")
+operator_log = logging.getLogger(OPERATOR_LOGGER)  # tracebacks: the server's log, never a caller's
 
 # Predictions the server runs at once. The engine decodes up to CEREBRO_MAX_BATCH of them together; the
 # rest wait in its queue (cheaply: they hold no KV cache until admitted).
@@ -80,8 +102,15 @@ class Predictor(BaseRunner):
             max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
         self.fetch_policy = FetchPolicy(
-            allow_loopback=self.settings.allow_loopback_urls, allow_private=self.settings.allow_private_urls
+            total_timeout_s=float(self.settings.fetch_timeout_s),
+            allow_loopback=self.settings.allow_loopback_urls,
+            allow_private=self.settings.allow_private_urls,
         )
+        memory_mb = self.settings.preprocess_memory_mb
+        self.memory = budget.MemoryBudget(memory_mb * 2**20 if memory_mb else budget.default_capacity())
+        budget.tune_allocator()
+        self._dropped = 0  # requests cancelled while being prepared (never queued)
+        self._dropped_lock = threading.Lock()
         load_s = time.perf_counter() - imported
         warmup_s = self.adapter.warmup() if self.settings.warmup and hasattr(self.adapter, "warmup") else 0.0
         details = " ".join(f"{k}={v}" for k, v in self.adapter.describe().items())
@@ -102,8 +131,14 @@ class Predictor(BaseRunner):
             description="What to find out about the image(s). Image tags <|image_1|>.. are "
             "added in front when the prompt has none."
         ),
-        image: Path | None = Input(default=None, description="An image (JPEG, PNG, WebP, GIF, BMP, TIFF)."),
-        images: list[Path] | None = Input(default=None, description="Several images, in order."),
+        image: str | None = Input(
+            default=None,
+            description="An image (JPEG, PNG, WebP, GIF, BMP, TIFF) as an https URL or a data URI "
+            "(data:image/png;base64,...).",
+        ),
+        images: list[str] | None = Input(
+            default=None, description="Several images, in order, each an https URL or a data URI."
+        ),
         system_prompt: str = Input(default="", description="Optional system message."),
         max_new_tokens: int = Input(description="Most tokens to generate.", **_range("max_new_tokens")),
         temperature: float = Input(description="0 = greedy (deterministic).", **_range("temperature")),
@@ -122,9 +157,9 @@ class Predictor(BaseRunner):
         ),
     ) -> AsyncConcatenateIterator[str]:
         sources: list[tuple[str, Any]] = []
-        if image is not None and str(image) != "":
+        if image is not None and image != "":
             sources.append(("image", image))
-        if isinstance(images, (str, os.PathLike)):  # a lone value where a list was expected
+        if isinstance(images, str | os.PathLike):  # a lone value where a list was expected
             images = [images]
         sources += [(f"images[{i}]", src) for i, src in enumerate(images or [])]
         pieces = self._stream(
@@ -145,22 +180,73 @@ class Predictor(BaseRunner):
         async for piece in pieces:
             yield piece
 
-    def _load(self, source: Any, field: str) -> Any:
-        return load_image(source, field=field, limits=self.image_limits, fetch=self.fetch_policy)
-
-    async def _stream(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> AsyncIterator[str]:
-        stats = GenerationStats()
+    def _prepare(
+        self,
+        inputs: dict[str, Any],
+        sources: list[tuple[str, Any]],
+        stats: GenerationStats,
+        cancel: threading.Event,
+    ) -> Any:
+        """Worker thread: validate, fetch, decode and preprocess; returns the adapter's prepared request.
+        When `cancel` is set (the prediction was cancelled meanwhile), stops at the next step."""
         try:
-            # Validation and image decoding are CPU work: off the event loop, so that the other concurrent
-            # predictions keep streaming meanwhile.
-            request = await asyncio.to_thread(
-                build_request,
+            deadline = time.monotonic() + self.fetch_policy.total_timeout_s  # all of this request's URLs
+
+            def open_one(source: Any, field: str) -> Any:
+                return open_image(
+                    source,
+                    field=field,
+                    limits=self.image_limits,
+                    fetch=self.fetch_policy,
+                    local_files=self.settings.allow_local_files,
+                    deadline=deadline,
+                )
+
+            request = build_request(
                 image_sources=sources,
-                load_image=self._load,
+                load_image=open_one,
                 max_images=min(self.settings.max_images, self.adapter.capabilities.max_images),
                 **inputs,
             )
-            async for piece in self.adapter.agenerate(request, stats):
+            pixels = sum(img.width * img.height for img in request.images)
+            if pixels > self.settings.max_request_pixels:
+                raise ImageError(
+                    f"the {len(request.images)} images have {pixels} pixels in all; the limit for one "
+                    f"request is {self.settings.max_request_pixels} pixels "
+                    f"({self.settings.max_request_pixels / 1e6:g} megapixels)",
+                    field="images",
+                    code="E1107",
+                )
+            nbytes = sum(_encoded_size(img) for img in request.images)
+            with self.memory.lease(budget.cost(pixels, nbytes), cancel):
+                fields = [field for field, _ in sources]
+                decoded = tuple(
+                    decode_image(img, field=field, limits=self.image_limits)
+                    for img, field in zip(request.images, fields, strict=True)
+                )
+                request = dataclasses.replace(request, images=decoded)
+                del decoded
+                if cancel.is_set():
+                    return None
+                return self.adapter.prepare(request, stats)
+        finally:
+            if cancel.is_set():
+                with self._dropped_lock:
+                    self._dropped += 1
+                log.info("prediction_dropped stage=preparing reason=cancelled")
+
+    async def _stream(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> AsyncIterator[str]:
+        stats = GenerationStats()
+        cancel = threading.Event()
+        try:
+            try:
+                # CPU work off the event loop, so that the other concurrent predictions keep streaming.
+                prepared = await asyncio.to_thread(self._prepare, inputs, sources, stats, cancel)
+            except asyncio.CancelledError:
+                cancel.set()  # the thread stops at its next step and nothing reaches the engine
+                stats.finish_reason = "cancelled"
+                raise
+            async for piece in self.adapter.astream(prepared, stats):
                 yield piece
         except CerebroError as err:
             log.info(
@@ -179,14 +265,16 @@ class Predictor(BaseRunner):
             self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
         if stats.tokens_per_second is not None:
             self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
+        counters = {**self.adapter.counters(), "dropped": self._dropped}
         log.info(
-            "prediction input_tokens=%d output_tokens=%d ttft_s=%s tok_s=%s finish=%s seed=%s",
+            "prediction input_tokens=%d output_tokens=%d ttft_s=%s tok_s=%s finish=%s seed=%s %s",
             stats.input_token_count,
             stats.output_token_count,
             None if stats.time_to_first_token is None else round(stats.time_to_first_token, 3),
             None if stats.tokens_per_second is None else round(stats.tokens_per_second, 1),
             stats.finish_reason,
             stats.seed,
+            " ".join(f"{k}={v}" for k, v in counters.items()),
         )
 
 
@@ -217,5 +305,15 @@ def _translate(err: Exception) -> CerebroError:
             "lower num_crops or max_new_tokens",
             code="E2031",
         )
-    log.exception("prediction_failed code=E2000 unexpected=%s", type(err).__name__)
-    return ServerError(f"internal error ({type(err).__name__}: {err})")
+    # The caller reads the prediction's logs and its error: both get the incident id, never the detail
+    # (an exception's text can carry paths, library source locations or the caller's own input).
+    incident = secrets.token_hex(6)
+    log.error("prediction_failed code=E2000 incident=%s unexpected=%s", incident, type(err).__name__)
+    operator_log.error("prediction_failed code=E2000 incident=%s", incident, exc_info=err)
+    return ServerError(f"internal error (incident {incident}); the operator's log has the details")
+
+
+def _encoded_size(img: Any) -> int:
+    """Bytes of the compressed image an open (not yet decoded) image reads from."""
+    fp: Any = getattr(img, "fp", None)
+    return len(fp.getbuffer()) if hasattr(fp, "getbuffer") else 0

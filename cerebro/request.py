@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from cerebro.errors import ImageError, InputError, PromptError, SchemaError
+from cerebro.schema_guard import MAX_SCHEMA_DEPTH, vet_schema
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,18 @@ class GenerationRequest:
 
 
 def parse_json_schema(text: str | None) -> dict[str, Any] | None:
-    """The `json_schema` input: empty = none; otherwise a JSON object that is a valid JSON Schema."""
-    if text is None or not text.strip():
+    """The `json_schema` input: empty = none; otherwise a JSON object that is a valid JSON Schema that
+    the constrained decoder can guarantee (cerebro/schema_guard.py). Whitespace alone is an error, not
+    "no schema": a caller who sent something meant a schema."""
+    if text is None or text == "":
         return None
+    if not text.strip():
+        raise SchemaError(
+            f"json_schema is only whitespace ({len(text)} characters); send a JSON Schema, or leave it "
+            "empty for a plain-text answer",
+            field="json_schema",
+            code="E1300",
+        )
     if len(text) > MAX_SCHEMA_CHARS:
         raise SchemaError(
             f"json_schema is {len(text)} characters; the limit is {MAX_SCHEMA_CHARS}",
@@ -94,7 +104,15 @@ def parse_json_schema(text: str | None) -> dict[str, Any] | None:
         schema = json.loads(text)
     except json.JSONDecodeError as err:
         raise SchemaError(
-            f"json_schema is not valid JSON: {err}", field="json_schema", code="E1300"
+            f"json_schema is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}",
+            field="json_schema",
+            code="E1300",
+        ) from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise SchemaError(
+            f"json_schema is nested too deeply to read; the limit is {MAX_SCHEMA_DEPTH} levels",
+            field="json_schema",
+            code="E1301",
         ) from None
     if not isinstance(schema, dict):
         raise SchemaError(
@@ -110,6 +128,13 @@ def parse_json_schema(text: str | None) -> dict[str, Any] | None:
         raise SchemaError(
             f"json_schema is not a valid JSON Schema: {err.message}", field="json_schema", code="E1300"
         ) from None
+    except RecursionError:  # check_schema recurses once per level
+        raise SchemaError(
+            f"json_schema is nested too deeply; the limit is {MAX_SCHEMA_DEPTH} levels",
+            field="json_schema",
+            code="E1301",
+        ) from None
+    vet_schema(schema)  # no fetches, nothing the constrained decoder cannot guarantee
     return schema
 
 

@@ -5,17 +5,33 @@ The grammar is compiled with compact whitespace (no free spaces or newlines betw
 model cannot wander into whitespace; the finished text is parsed and validated against the schema
 before it is returned, so a caller never receives JSON that breaks its schema.
 
-Not here: parsing the schema input (cerebro/request.py), sampling (cerebro/generation.py).
+Which schemas reach the compiler, and that validation never fetches a `$ref`, is
+cerebro/schema_guard.py. Not here: parsing the schema input (cerebro/request.py), sampling
+(cerebro/generation.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import Any
 
 import torch
 
 from cerebro.errors import GenerationError, SchemaError
+from cerebro.schema_guard import safe_validator
+
+logger = logging.getLogger(__name__)
+
+_MAX_REASON_CHARS = 200
+# xgrammar prefixes its messages with "[12:00:00] /project/cpp/json_schema_converter.cc:123: " and
+# glog's "Check failed: (expr) is false: "; callers get neither.
+_LOG_PREFIX = re.compile(r"^\s*\[[\d:.]+\]\s*\S+?:\d+:\s*")
+_CHECK_FAILED = re.compile(r"Check failed:.*? is false:\s*")
+_SOURCE_PATH = re.compile(
+    r"(?:[\w.\-]*/)+[\w.\-]+\.(?:cc|cpp|cxx|h|hpp|py|cu)(?::\d+)*:?|(?<![#\w])(?:/[\w.\-]+){2,}"
+)
 
 
 class JsonSchemaCompiler:
@@ -35,8 +51,9 @@ class JsonSchemaCompiler:
                 json.dumps(schema), any_whitespace=False, separators=(",", ":")
             )
         except (RuntimeError, ValueError, self._xgr.InvalidJSONError) as err:
+            logger.debug("schema_compile_failed error=%r", str(err)[:4000])
             raise SchemaError(
-                f"json_schema uses something the constrained decoder does not support: {err}",
+                f"json_schema uses something the constrained decoder does not support: {clean_reason(err)}",
                 field="json_schema",
                 code="E1301",
             ) from None
@@ -65,12 +82,30 @@ class JsonConstraint:
         return bool(self.matcher.is_terminated())
 
 
+def clean_reason(err: BaseException) -> str:
+    """A compiler message without timestamps, source paths or assertion text, at most 200 characters."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(err).__name__
+    reason = _CHECK_FAILED.sub("", _LOG_PREFIX.sub("", reason))
+    reason = _SOURCE_PATH.sub("", reason).strip(" :") or "the schema could not be compiled"
+    return reason if len(reason) <= _MAX_REASON_CHARS else reason[: _MAX_REASON_CHARS - 1] + "…"
+
+
 def validate_output(text: str, schema: dict[str, Any], max_new_tokens: int) -> Any:
-    """Parse and validate the finished output; E2032 with the reason when it breaks the schema."""
+    """Parse and validate the finished output; E2032 with the reason when it breaks the schema.
+
+    Validation uses a registry that retrieves nothing, so even a schema that slipped past the guard
+    cannot make it fetch a remote `$ref`.
+    """
     import jsonschema
+    from referencing.exceptions import Unresolvable
 
     try:
         value = json.loads(text)
+    except RecursionError:  # free-form parts of a schema ({} or true) allow any nesting
+        raise GenerationError(
+            "the JSON answer nests too deeply to read", field="json_schema", code="E2032"
+        ) from None
     except json.JSONDecodeError:
         raise GenerationError(
             f"the JSON answer was cut off before it was complete (max_new_tokens={max_new_tokens}); raise "
@@ -79,11 +114,16 @@ def validate_output(text: str, schema: dict[str, Any], max_new_tokens: int) -> A
             code="E2032",
         ) from None
     try:
-        jsonschema.validate(value, schema)
-    except jsonschema.ValidationError as err:
-        raise GenerationError(
-            f"the answer does not validate against json_schema: {err.message}",
+        error = jsonschema.exceptions.best_match(safe_validator(schema).iter_errors(value))
+    except Unresolvable:
+        raise SchemaError(
+            "json_schema has a reference that does not resolve inside the schema; nothing is fetched",
             field="json_schema",
-            code="E2032",
+            code="E1301",
         ) from None
+    if error is not None:
+        reason = error.message if len(error.message) <= _MAX_REASON_CHARS else error.message[:199] + "…"
+        raise GenerationError(
+            f"the answer does not validate against json_schema: {reason}", field="json_schema", code="E2032"
+        )
     return value

@@ -2,7 +2,8 @@
 """The adapter seam: what the runner needs from a model, and nothing more.
 
 An adapter declares its capabilities and turns a validated `GenerationRequest` into a stream of text
-pieces (`generate`, and `agenerate` for the async runner), filling `GenerationStats` as it goes. The
+pieces in two steps (`prepare`, then `stream` or `astream` for the async runner), filling
+`GenerationStats` as it goes. The
 runner (predict.py) never branches on a model name; serving another model means one new adapter
 module and one line in cerebro/adapters/__init__.py.
 """
@@ -14,7 +15,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
@@ -39,6 +40,16 @@ class GenerationStats:
 
 
 class ModelAdapter(abc.ABC):
+    """Two steps per request, so the runner can stand between them:
+
+    prepare(request, stats) -> prepared   CPU work in a worker thread (schema, images -> tensors, tokens);
+                                          raises E1xxx for the caller's mistakes. Nothing is queued yet,
+                                          so a request cancelled meanwhile is simply dropped.
+    stream / astream(prepared, stats)     hands the prepared request to the engine and yields text.
+
+    `prepared` is opaque to the runner; it must not keep the request's images alive (they can be large).
+    """
+
     name: ClassVar[str]
     capabilities: Capabilities
 
@@ -48,24 +59,40 @@ class ModelAdapter(abc.ABC):
         """Load weights and everything else once; called from the runner's setup()."""
 
     @abc.abstractmethod
-    def generate(
-        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    def prepare(self, request: GenerationRequest, stats: GenerationStats) -> Any:
+        """Everything before generation; fills stats.input_token_count and stats.seed."""
+
+    @abc.abstractmethod
+    def stream(
+        self, prepared: Any, stats: GenerationStats, cancel: threading.Event | None = None
     ) -> Iterator[str]:
         """Yield text pieces as they are decoded; stop promptly once `cancel` is set."""
 
-    async def agenerate(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
-        """The same pieces for an asyncio reader. This default steps `generate` in a worker thread;
+    async def astream(self, prepared: Any, stats: GenerationStats) -> AsyncIterator[str]:
+        """The same pieces for an asyncio reader. This default steps `stream` in a worker thread;
         adapters with an engine of their own override it to avoid the thread hop per piece."""
-        pieces = self.generate(request, stats)
+        cancel = threading.Event()
+        pieces = self.stream(prepared, stats, cancel)
         end = object()
         try:
             while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
                 yield piece  # type: ignore[misc]
         finally:
+            cancel.set()
             close = getattr(pieces, "close", None)  # a generator: release what it holds
             if close is not None:
                 close()
 
+    def generate(
+        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """prepare + stream, for synchronous callers (warm-up, tests)."""
+        return self.stream(self.prepare(request, stats), stats, cancel)
+
     def describe(self) -> dict[str, str]:
         """What setup() logs about this adapter (device, dtype, ...)."""
         return {"adapter": self.name}
+
+    def counters(self) -> dict[str, int]:
+        """Running totals for the per-prediction log line (for example requests the engine accepted)."""
+        return {}

@@ -15,17 +15,18 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from cerebro.adapters.base import Capabilities, GenerationStats, ModelAdapter
-from cerebro.engine import Engine, Job, PlainEngine, TokenStream, build_engine
-from cerebro.errors import PromptError, WeightsError
+from cerebro.engine import Engine, Job, PlainEngine, build_engine
+from cerebro.errors import ConfigError, PromptError
 from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
-from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag
+from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag, render_chat
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
 from cerebro.structured import JsonSchemaCompiler, validate_output
@@ -41,7 +42,7 @@ def resolve_device_and_dtype(settings: Settings) -> tuple[torch.device, torch.dt
     if settings.dtype != "auto":
         names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
         if settings.dtype not in names:
-            raise WeightsError(
+            raise ConfigError(
                 f"CEREBRO_DTYPE={settings.dtype!r}; use auto, bfloat16, float16 or float32",
                 field="CEREBRO_DTYPE",
             )
@@ -75,7 +76,9 @@ class Transcript:
         request: GenerationRequest,
     ) -> None:
         self.decoder = IncrementalDecoder(tokenizer)
-        self.stop_ids, self.stats, self.started, self.request = stop_ids, stats, started, request
+        self.stop_ids, self.stats, self.started = stop_ids, stats, started
+        # Only what the end needs: holding the request would keep its images alive while it generates.
+        self.json_schema, self.max_new_tokens = request.json_schema, request.max_new_tokens
         self.text: list[str] = []
         self.first_at: float | None = None
 
@@ -101,9 +104,17 @@ class Transcript:
             stats.tokens_per_second = (stats.output_token_count - 1) / max(
                 time.perf_counter() - self.first_at, 1e-9
             )
-        if self.request.json_schema is not None and finish_reason != "cancelled":
-            validate_output("".join(self.text), self.request.json_schema, self.request.max_new_tokens)
+        if self.json_schema is not None and finish_reason != "cancelled":
+            validate_output("".join(self.text), self.json_schema, self.max_new_tokens)
         return tail
+
+
+@dataclass
+class Prepared:
+    """A request ready for the engine: its job (tensors, sampler, stream) and what turns tokens to text."""
+
+    job: Job
+    transcript: Transcript
 
 
 class Phi3VAdapter(ModelAdapter):
@@ -127,7 +138,7 @@ class Phi3VAdapter(ModelAdapter):
         )
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
         self.stop_ids = frozenset(i for i in ids if isinstance(i, int) and i >= 0)
-        self._image_processors: dict[int, Phi3VImageProcessor] = {}
+        self._processors: dict[int, Phi3VProcessor] = {}
         self._schema_compiler: JsonSchemaCompiler | None = None
 
     @classmethod
@@ -162,17 +173,19 @@ class Phi3VAdapter(ModelAdapter):
             **{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in self.timings.items()},
         }
 
-    def image_processor(self, num_crops: int) -> Phi3VImageProcessor:
-        if num_crops not in self._image_processors:
+    def processor_for(self, num_crops: int) -> Phi3VProcessor:
+        """One processor per num_crops, kept: each builds its caller-text encoder once."""
+        if num_crops not in self._processors:
             base = self.processor.image_processor
-            self._image_processors[num_crops] = Phi3VImageProcessor(
+            image_processor = Phi3VImageProcessor(
                 num_crops=num_crops,
                 image_mean=tuple(base.mean.flatten().tolist()),
                 image_std=tuple(base.std.flatten().tolist()),
                 crop_size=base.crop_size,
                 patch_size=base.patch_size,
             )
-        return self._image_processors[num_crops]
+            self._processors[num_crops] = Phi3VProcessor(image_processor, self.tokenizer)
+        return self._processors[num_crops]
 
     def schema_compiler(self) -> JsonSchemaCompiler:
         if self._schema_compiler is None:  # built on first use: most requests carry no schema
@@ -181,16 +194,16 @@ class Phi3VAdapter(ModelAdapter):
             )
         return self._schema_compiler
 
-    def prepare(self, request: GenerationRequest) -> dict[str, torch.Tensor]:
+    def model_inputs(self, request: GenerationRequest) -> dict[str, torch.Tensor]:
         """Prompt and images -> model inputs; raises PromptError when they do not fit the context."""
         num_crops = request.num_crops or (
             NUM_CROPS_ONE_IMAGE if len(request.images) == 1 else NUM_CROPS_SEVERAL
         )
-        prompt = self.tokenizer.apply_chat_template(
-            build_prompt(request), tokenize=False, add_generation_prompt=True
-        )
-        processor = Phi3VProcessor(self.image_processor(num_crops), self.tokenizer)
-        inputs = dict(processor(text=prompt, images=list(request.images)))
+        # The caller's text is text: only the chat template's own markers become special tokens, so a
+        # prompt that types "<|end|><|assistant|>" cannot forge a turn (processing.render_chat).
+        prompt, caller_spans = render_chat(self.tokenizer, build_prompt(request))
+        processor = self.processor_for(num_crops)
+        inputs = dict(processor(text=prompt, images=list(request.images), literal_spans=caller_spans))
         n_prompt = int(inputs["input_ids"].shape[1])
         limit = self.capabilities.max_context_tokens
         if n_prompt + request.max_new_tokens > limit:
@@ -206,12 +219,12 @@ class Phi3VAdapter(ModelAdapter):
         inputs.pop("num_img_tokens", None)
         return inputs
 
-    def start(self, request: GenerationRequest, stats: GenerationStats, stream: TokenStream) -> Transcript:
-        """Preprocess (CPU: schema, images, tokens) and hand the request to the engine; returns what turns
-        the stream's tokens into text. Raises E1xxx for the caller's mistakes, E2020 when it cannot fit."""
+    def prepare(self, request: GenerationRequest, stats: GenerationStats) -> Prepared:
+        """Preprocess (CPU: schema, images, tokens) into an engine job, not yet queued. Raises E1xxx for
+        the caller's mistakes."""
         started = time.perf_counter()
         constraint = self.schema_compiler().compile(request.json_schema) if request.json_schema else None
-        inputs = self.prepare(request)
+        inputs = self.model_inputs(request)
         stats.input_token_count = int(inputs["input_ids"].shape[1])
         seed = request.seed if request.seed is not None else secrets.randbits(32)
         stats.seed = seed
@@ -229,18 +242,17 @@ class Phi3VAdapter(ModelAdapter):
             sampler=sampler,
             stop_ids=self.stop_ids,
             constraint=constraint,
-            stream=stream,
         )
-        self.engine.submit(job)
-        return Transcript(self.tokenizer, self.stop_ids, stats, started, request)
+        return Prepared(job, Transcript(self.tokenizer, self.stop_ids, stats, started, request))
 
-    def generate(
-        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    def stream(
+        self, prepared: Prepared, stats: GenerationStats, cancel: threading.Event | None = None
     ) -> Iterator[str]:
-        stream = TokenStream()
+        stream, transcript = prepared.job.stream, prepared.transcript
         if cancel is not None:
             stream.cancel_event = cancel
-        transcript = self.start(request, stats, stream)
+        self.engine.submit(prepared.job)  # E2020 when it can never fit a row
+        del prepared
         try:
             for token in stream:
                 if piece := transcript.push(token):
@@ -250,20 +262,22 @@ class Phi3VAdapter(ModelAdapter):
         if tail := transcript.close(stream.finish_reason):
             yield tail
 
-    async def agenerate(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
-        stream = TokenStream()
+    async def astream(self, prepared: Prepared, stats: GenerationStats) -> AsyncIterator[str]:
+        stream, transcript = prepared.job.stream, prepared.transcript
         stream.bind(asyncio.get_running_loop())
-        # Preprocessing is CPU work (image decode, HD transform): off the event loop, so that concurrent
-        # requests keep streaming while one is being prepared.
-        transcript = await asyncio.to_thread(self.start, request, stats, stream)
+        self.engine.submit(prepared.job)
+        del prepared
         try:
             async for token in stream:
                 if piece := transcript.push(token):
                     yield piece
         finally:
-            stream.cancel()
+            stream.cancel()  # cancelled by the server, or the reader left: the row is freed next step
         if tail := transcript.close(stream.finish_reason):
             yield tail
+
+    def counters(self) -> dict[str, int]:
+        return {"engine_jobs": self.engine.submitted}
 
     def warmup(self) -> float:
         """Capture the decode CUDA graphs (GPU), then one short generation on a synthetic image: proves the

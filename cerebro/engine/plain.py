@@ -25,6 +25,7 @@ class PlainEngine:
         self.model = model
         self.rows, self.capacity = 1, int(model.config.max_position_embeddings)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.submitted = 0  # requests ever queued
         self._thread = threading.Thread(target=self._loop, name="cerebro-plain-engine", daemon=True)
         self._thread.start()
 
@@ -32,6 +33,7 @@ class PlainEngine:
         if not self._thread.is_alive():
             raise ServerError("the generation engine is not running", code="E2000")
         self._jobs.put(job)
+        self.submitted += 1
 
     def close(self) -> None:
         self._jobs.put(None)

@@ -38,8 +38,10 @@ from cerebro.engine.runner import ModelRunner
 from cerebro.engine.stream import TokenStream
 from cerebro.errors import CapacityError, ServerError
 from cerebro.generation import LogitsConstraint, Sampler
+from cerebro.utils.logs import OPERATOR_LOGGER
 
 log = logging.getLogger(__name__)
+operator_log = logging.getLogger(OPERATOR_LOGGER)  # tracebacks: the server's log, never a caller's
 
 
 @dataclass(eq=False)
@@ -109,6 +111,7 @@ class Engine:
         self._running: list[Job] = []  # index = row
         self._cond = threading.Condition()
         self._closed = False
+        self.submitted = 0  # requests ever queued (operators and tests read it; only submit() writes it)
         self._thread = threading.Thread(target=self._loop, name="cerebro-engine", daemon=True)
         self._thread.start()
 
@@ -129,6 +132,7 @@ class Engine:
             if self._closed or not self._thread.is_alive():
                 raise ServerError("the generation engine is not running", code="E2000")
             self._waiting.append(job)
+            self.submitted += 1
             self._cond.notify()
 
     @property
@@ -171,7 +175,8 @@ class Engine:
                 if self._running:
                     self._step()
             except BaseException as err:  # the loop must outlive any one failure
-                log.exception("engine_step_failed running=%d", len(self._running))
+                log.error("engine_step_failed running=%d error=%s", len(self._running), type(err).__name__)
+                operator_log.error("engine_step_failed", exc_info=err)
                 stranded = [j for j in admitted if j not in self._running and not j.stream.finish_reason]
                 self._fail([*self._running, *stranded], err)
         error = ServerError("the generation engine was shut down", code="E2000")

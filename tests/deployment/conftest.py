@@ -107,6 +107,39 @@ def _stop(server: _Server) -> None:
     process.wait()
 
 
+_SERVERS: dict[str, _Server] = {}  # base URL -> the server this session started there
+
+
+def server_log(base_url: str) -> str:
+    """Everything the server at `base_url` has written so far (coglet's own log and the worker's)."""
+    return _SERVERS[base_url].log_path.read_text(errors="replace")
+
+
+def worker_pid(base_url: str) -> int:
+    """The process id of coglet's Python worker (where the runner, its model and its images live)."""
+    group = _SERVERS[base_url].process.pid  # start_new_session: the group is the server's own
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # the process ended meanwhile
+            continue
+        # Field 5 of /proc/PID/stat is the process group; the name in field 2 may hold spaces.
+        if int(stat.rsplit(")", 1)[1].split()[2]) == group and b"_run_worker" in cmdline:
+            return int(entry.name)
+    raise LookupError(f"no coglet worker in the process group of {base_url}")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"no VmRSS for process {pid}")
+
+
 @pytest.fixture(scope="session")
 def cog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., str]]:
     started: list[_Server] = []
@@ -131,6 +164,7 @@ def cog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
             )
         server = _Server(runner_ref, process, log_path, f"http://127.0.0.1:{port}")
         started.append(server)
+        _SERVERS[server.url] = server
         _wait_ready(server, ready_timeout_s)
         return server.url
 

@@ -13,12 +13,14 @@ when REPLICATE_API_TOKEN and CEREBRO_REPLICATE_MODEL are both set; nothing else 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import io
 import json
 import os
 import random
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -38,9 +40,11 @@ RUNNER_REF = "cerebro/predict.py:Predictor"
 TERMINAL = ("succeeded", "failed", "canceled")
 METRICS = ("input_token_count", "output_token_count", "time_to_first_token", "tokens_per_second")
 WAIT_S = 30.0  # for a webhook, a cancel to land, the server to be READY again
-# coglet wraps the runner's error ("Prediction failed: Async prediction failed: ImageError: E1103
-# ImageError: ..."); the code is the one just before Cerebro's own "<Type>Error:".
-CODE_RE = re.compile(r"\b(E\d{4}) [A-Za-z]+Error:")
+FETCH_TIMEOUT_S = 4  # the deadline for a request's image URLs on this test server
+# What a caller reads, as the README documents it: coglet's prefix, then the error type, then Cerebro's
+# code and message ("Prediction failed: Async prediction failed: ImageError: E1103 image cannot be ...").
+ERROR_RE = re.compile(r"^Prediction failed: Async prediction failed: [A-Za-z]+Error: (E\d{4}) \S")
+MAX_ERROR_CHARS = 1200  # Cerebro's cap (errors.MAX_MESSAGE_CHARS) plus coglet's prefix and the type
 
 
 def png_bytes(size: tuple[int, int] = (48, 32), color: str = "teal") -> bytes:
@@ -73,7 +77,7 @@ def tiny_input(**overrides: Any) -> dict[str, Any]:
 
 
 def error_code(body: dict[str, Any]) -> str | None:
-    match = CODE_RE.search(body.get("error") or "")
+    match = ERROR_RE.match(body.get("error") or "")
     return match.group(1) if match else None
 
 
@@ -83,17 +87,29 @@ class LoopbackPeer:
     def __init__(self) -> None:
         self.files: dict[str, tuple[str, bytes]] = {}
         self.webhooks: list[dict[str, Any]] = []
+        self.requested: list[str] = []  # paths (with their queries) of every GET, in order
+        self.declared_lengths: dict[
+            str, int
+        ] = {}  # path -> a Content-Length to claim instead of the real one
+        # path -> (asked, release): the GET sets `asked`, then waits for `release` before answering.
+        self.holds: dict[str, tuple[threading.Event, threading.Event]] = {}
         self._changed = threading.Condition()
         peer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                peer.requested.append(self.path)
+                if self.path in peer.holds:
+                    asked, release = peer.holds[self.path]
+                    asked.set()
+                    release.wait(timeout=WAIT_S)
                 content_type, data = peer.files.get(self.path, ("text/plain", b"not found"))
                 self.send_response(200 if self.path in peer.files else 404)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(peer.declared_lengths.get(self.path, len(data))))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(OSError):  # a client that refuses a claimed length hangs up
+                    self.wfile.write(data)
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -114,6 +130,12 @@ class LoopbackPeer:
     def serve(self, path: str, data: bytes, content_type: str = "image/png") -> str:
         self.files[path] = (content_type, data)
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def hold(self, path: str, data: bytes) -> tuple[str, threading.Event, threading.Event]:
+        """Serve `data` at `path` only once `release` is set; `asked` is set when the GET arrives."""
+        asked, release = threading.Event(), threading.Event()
+        self.holds[path] = (asked, release)
+        return self.serve(path, data), asked, release
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = WAIT_S
@@ -145,6 +167,7 @@ def cerebro_url(cog_server: Callable[..., str], tiny_model_dir: Path) -> str:
             "CEREBRO_ALLOW_LOOPBACK_URLS": "true",  # the image URLs below are served by LoopbackPeer
             "CEREBRO_LOG_LEVEL": "INFO",
             "CEREBRO_MAX_BATCH": "4",  # concurrent predictions below are decoded together, on CPU too
+            "CEREBRO_FETCH_TIMEOUT_S": str(FETCH_TIMEOUT_S),
         },
     )
 
@@ -182,6 +205,9 @@ def assert_failed(status: int, body: dict[str, Any], code: str) -> None:
     assert status == 200, body  # a failed run is a successful request
     assert body["status"] == "failed", body
     assert error_code(body) == code, body.get("error")
+    assert len(body["error"]) <= MAX_ERROR_CHARS, len(body["error"])
+    for leak in ("Traceback", 'File "', ".py", "site-packages", ".cc:"):
+        assert leak not in body["error"] and leak not in (body.get("logs") or ""), leak
 
 
 # --------------------------------------------------------------------------------------- predictions
@@ -423,6 +449,147 @@ def test_a_short_prediction_finishes_while_a_long_one_runs(
     final = peer.wait_for(lambda p: p.get("id") == long_id and p["status"] in TERMINAL)
     assert final is not None and final["status"] == "canceled"
     assert wait_ready(cerebro_url) == "READY"
+
+
+# --------------------------------------------------------- hostile callers that need loopback URLs
+
+COUNTERS_RE = re.compile(r"prediction input_tokens=.* engine_jobs=(\d+) dropped=(\d+)")
+
+
+def engine_counters(body: dict[str, Any]) -> tuple[int, int]:
+    """(requests the engine ever accepted, requests dropped while being prepared) from a prediction's log."""
+    match = COUNTERS_RE.search(body.get("logs") or "")
+    assert match, body.get("logs")
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_a_cancel_while_preparing_never_reaches_the_engine(
+    cerebro_url: str, cog_http: CogHTTP, peer: LoopbackPeer
+) -> None:
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input()})
+    assert_succeeded(status, body)
+    jobs, dropped = engine_counters(body)
+    held_url, asked, release = peer.hold(f"/held-{uuid.uuid4().hex[:8]}.png", PNG)
+    prediction_id = f"cerebro-prep-cancel-{uuid.uuid4().hex[:12]}"
+    request = {
+        "id": prediction_id,
+        "input": tiny_input(image=held_url, max_new_tokens=4096, temperature=1.0),
+        "webhook": peer.webhook_url,
+    }
+
+    assert cog_http.predict(cerebro_url, request, headers={"Prefer": "respond-async"})[0] == 202
+    assert asked.wait(WAIT_S), "the prediction never fetched its image"  # it is preparing now
+    assert cog_http.post(f"{cerebro_url}/predictions/{prediction_id}/cancel")[0] == 200
+    final = peer.wait_for(lambda p: p.get("id") == prediction_id and p["status"] in TERMINAL)
+    assert final is not None and final["status"] == "canceled"
+    release.set()  # the preparation now finishes its fetch and decoding; it must then drop the job
+
+    # Each normal request below is one engine job. Ask until the drop is counted (bounded), then the
+    # engine must have seen exactly those: the cancelled one was never queued.
+    deadline, sent = time.monotonic() + WAIT_S, 0
+    while True:
+        status, body = cog_http.predict(cerebro_url, {"input": tiny_input(max_new_tokens=1)})
+        assert_succeeded(status, body, max_new_tokens=1)
+        sent += 1
+        now_jobs, now_dropped = engine_counters(body)
+        if now_dropped > dropped or time.monotonic() > deadline:
+            break
+    assert now_dropped == dropped + 1, "the cancelled prediction was never dropped"
+    assert now_jobs == jobs + sent, "the cancelled prediction reached the engine"
+
+
+def test_a_server_that_drips_its_headers_is_cut_off_at_the_deadline(
+    cerebro_url: str, cog_http: CogHTTP
+) -> None:
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+
+    def drip() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Pad: " + b"a" * 200:
+                    if stop.is_set():
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.5)  # well inside any per-read timeout, for as long as it takes
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow.png"
+        status, body = cog_http.predict(cerebro_url, {"input": tiny_input(image=url)})
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+    assert_failed(status, body, "E1201")
+    assert f"over {FETCH_TIMEOUT_S} s in all" in body["error"]
+    assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "declared", "reason"),
+    [("text/html", None, "is not an image"), ("image/png", 200_000_000, "the limit is")],
+)
+def test_image_urls_that_are_not_images_or_too_large_are_refused(
+    cerebro_url: str,
+    cog_http: CogHTTP,
+    peer: LoopbackPeer,
+    content_type: str,
+    declared: int | None,
+    reason: str,
+) -> None:
+    path = f"/odd-{uuid.uuid4().hex[:8]}"
+    if declared is None:
+        url = peer.serve(path, b"<html>not an image</html>", content_type)
+    else:  # a Content-Length far over the limit: refused before the body is read
+        url = peer.serve(path, PNG, content_type)
+        peer.files[path] = (content_type, PNG)
+        peer.declared_lengths[path] = declared
+
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(image=url)})
+
+    assert_failed(status, body, "E1201")
+    assert reason in body["error"]
+    assert_succeeded(*cog_http.predict(cerebro_url, {"input": tiny_input()}))
+
+
+def test_a_replicate_style_signed_file_url_is_fetched_with_its_signature(
+    cerebro_url: str, cog_http: CogHTTP, peer: LoopbackPeer
+) -> None:
+    # What the `replicate` client sends for a local file by default: the upload's signed "get" URL.
+    signed = f"/v1/files/{uuid.uuid4().hex}/download?expiry=1893456000&owner=acme&signature=c2lnbmVk%2Bx"
+    url = peer.serve(signed, PNG)
+
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(image=url)})
+
+    assert_succeeded(status, body)
+    assert signed in peer.requested  # the query reached the server untouched
+    assert "signature" not in (body.get("logs") or "")  # a signed URL's secret is never logged
+
+
+def test_the_replicate_clients_base64_file_encoding_is_accepted(cerebro_url: str, cog_http: CogHTTP) -> None:
+    import replicate
+    from replicate.helpers import encode_json
+
+    client = replicate.Client(api_token="unused")  # base64 encoding makes no call
+    inputs = encode_json({"image": io.BytesIO(PNG)}, client, file_encoding_strategy="base64")
+    assert inputs["image"].startswith("data:")
+
+    status, body = cog_http.predict(cerebro_url, {"input": tiny_input(image=inputs["image"])})
+
+    assert_succeeded(status, body)
 
 
 # ------------------------------------------------------------------------- bugs found in cerebro/

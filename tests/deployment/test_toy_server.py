@@ -176,5 +176,5 @@ def test_run_that_raises_gives_failed_status_and_the_error(toy_url: str, cog_htt
     assert body["status"] == "failed"
     # coglet prefixes its own words ("Prediction failed: Generator iteration error: InputError: "); the
     # error's own rendering, with its stable code, is kept whole inside.
-    assert "E1001 InputError: prompt 'fail' asks the toy runner to fail" in body["error"]
+    assert "InputError: E1001 prompt 'fail' asks the toy runner to fail" in body["error"]
     assert body.get("output") is None

@@ -110,7 +110,7 @@ def test_a_missing_image_fails_cleanly_naming_the_field(model_dir: Path, tmp_pat
     assert done.returncode == EXIT_API
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, done.stderr
-    assert errors[0].startswith("error: E1103 ImageError: images[0]")
+    assert errors[0].startswith("error: ImageError: E1103 images[0]")
     assert str(missing) in errors[0]
     assert "Traceback" not in done.stderr
     assert done.stdout.strip() == ""

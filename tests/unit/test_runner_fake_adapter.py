@@ -12,6 +12,7 @@ import base64
 import http.server
 import io
 import pathlib
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -62,15 +63,18 @@ class FakeAdapter(ModelAdapter):
         self.warmups += 1
         return 0.5
 
-    def generate(
-        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
-    ) -> Iterator[str]:
+    def prepare(self, request: GenerationRequest, stats: GenerationStats) -> GenerationRequest:
         self.requests.append(request)
         stats.input_token_count = 100 + len(request.images)
-        if request.prompt == "crash":
-            raise RuntimeError("shape mismatch in fake layer")
         if request.prompt == "caller":
             raise PromptError("the prompt has 2 image tag(s)", field="prompt", code="E1012")
+        return request
+
+    def stream(
+        self, request: GenerationRequest, stats: GenerationStats, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        if request.prompt == "crash":
+            raise RuntimeError("shape mismatch in fake layer")
         pieces = [
             f"{img.width}x{img.height} {img.convert('RGB').getpixel((0, 0))}|" for img in request.images
         ]
@@ -129,6 +133,8 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> pytest.Monke
     monkeypatch.setenv("CEREBRO_WARMUP", "false")
     monkeypatch.setenv("CEREBRO_ALLOW_LOOPBACK_URLS", "false")
     monkeypatch.setenv("CEREBRO_ALLOW_PRIVATE_URLS", "false")
+    # These tests pass real files by path, as the CLI does; over HTTP paths are refused (tested below).
+    monkeypatch.setenv("CEREBRO_ALLOW_LOCAL_FILES", "true")
     return monkeypatch
 
 
@@ -177,7 +183,7 @@ def test_missing_weights_dir_is_e2010_saying_where_and_how_to_fix(
         where.mkdir()
         (where / "model.safetensors").write_bytes(b"")
     env.setenv("CEREBRO_MODEL_DIR", str(where))
-    with pytest.raises(WeightsError, match=r"^E2010 WeightsError: no model weights in ") as info:
+    with pytest.raises(WeightsError, match=r"^E2010 no model weights in ") as info:
         _predictor()
     err = info.value
     assert (err.code, err.field) == ("E2010", "CEREBRO_MODEL_DIR")
@@ -189,7 +195,7 @@ def test_missing_weights_dir_is_e2010_saying_where_and_how_to_fix(
 
 
 def test_unknown_adapter_lists_the_known_ones(env: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ServerError, match=r"^E2000 ServerError: unknown adapter 'nope'") as info:
+    with pytest.raises(ServerError, match=r"^E2000 unknown adapter 'nope'") as info:
         get_adapter("nope")
     assert "'fake'" in info.value.message and "'phi3_v'" in info.value.message
     env.setenv("CEREBRO_ADAPTER", "nope")
@@ -274,7 +280,7 @@ def test_max_images_is_the_smaller_of_deployment_and_adapter(
 
 def test_errors_surface_while_iterating(predictor: MetricsPredictor) -> None:
     stream = iterate(predictor.run(**_inputs(prompt="")))  # no error yet: run() only builds the stream
-    with pytest.raises(PromptError, match=r"^E1010 PromptError: "):
+    with pytest.raises(PromptError, match=r"^E1010 "):
         next(iter(stream))
 
 
@@ -283,7 +289,7 @@ def test_out_of_memory_is_e2031_and_the_runner_keeps_working(
 ) -> None:
     png = _png(tmp_path / "a.png")
     got: list[str] = []
-    with pytest.raises(GenerationError, match=r"^E2031 GenerationError: the GPU ran out of memory") as info:
+    with pytest.raises(GenerationError, match=r"^E2031 the GPU ran out of memory") as info:
         got.extend(iterate(predictor.run(**_inputs(prompt="oom", image=png))))
     err = info.value
     assert err.code == "E2031"
@@ -302,7 +308,11 @@ def test_unexpected_error_is_e2000_internal_error(
         _run(predictor, prompt="crash", image=png)
     err = info.value
     assert type(err) is ServerError
-    assert str(err) == "E2000 ServerError: internal error (RuntimeError: shape mismatch in fake layer)"
+    # The caller learns an incident id, never the exception's text (it can carry paths and internals).
+    assert re.fullmatch(
+        r"E2000 internal error \(incident [0-9a-f]{12}\); the operator's log has the details", str(err)
+    )
+    assert "shape mismatch" not in str(err)
     assert isinstance(err.__cause__, RuntimeError)
     assert _run(predictor, image=png)[-1] == " world"
 
@@ -373,7 +383,7 @@ def test_images_from_a_file_a_data_uri_and_a_loopback_url(
 
 
 def test_a_loopback_url_is_refused_by_default(predictor: MetricsPredictor, image_server: str) -> None:
-    with pytest.raises(URLError, match=r"^E1200 URLError: image points at 127\.0\.0\.1, a loopback") as info:
+    with pytest.raises(URLError, match=r"^E1200 image points at 127\.0\.0\.1, a loopback") as info:
         _run(predictor, image=f"{image_server}/red.png")
     assert info.value.field == "image"
     assert _fake(predictor).requests == []
@@ -381,7 +391,7 @@ def test_a_loopback_url_is_refused_by_default(predictor: MetricsPredictor, image
 
 def test_a_failed_fetch_is_e1201(env: pytest.MonkeyPatch, image_server: str) -> None:
     env.setenv("CEREBRO_ALLOW_LOOPBACK_URLS", "true")
-    with pytest.raises(URLError, match=r"^E1201 URLError: images\[0\] could not be fetched .*HTTP 404"):
+    with pytest.raises(URLError, match=r"^E1201 images\[0\] could not be fetched .*HTTP 404"):
         _run(_predictor(), images=[f"{image_server}/missing.png"])
 
 
@@ -397,7 +407,7 @@ def test_a_corrupt_file_is_e1103_naming_the_field(
         _run(predictor, **inputs)
     err = info.value
     assert (err.code, err.field) == ("E1103", field)
-    assert str(err).startswith(f"E1103 ImageError: {field} cannot be decoded")
+    assert str(err).startswith(f"E1103 {field} cannot be decoded")
     assert _fake(predictor).requests == []
 
 
@@ -414,3 +424,21 @@ def test_each_prediction_has_its_own_metrics(predictor: MetricsPredictor, tmp_pa
     for n in (1, 2, 3):
         _run(predictor, images=[png] * n)
         assert predictor.metrics["input_token_count"] == 100 + n
+
+
+def test_paths_are_refused_unless_the_deployment_allows_local_files(
+    env: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    env.setenv("CEREBRO_ALLOW_LOCAL_FILES", "false")
+    predictor = _predictor()
+    real, missing = _png(tmp_path / "real.png"), tmp_path / "missing.png"
+    messages = []
+    for source in (real, str(real), str(missing), "/dev/stdin", "/proc/self/fd/0", "a\x00b"):
+        with pytest.raises(ImageError) as info:
+            _run(predictor, image=source)
+        assert (info.value.code, info.value.field) == ("E1106", "image")
+        # The path itself is quoted (a prefix of it); everything else must be the same words.
+        messages.append(re.sub(r"'.*'(\.\.\. \(\d+ characters\))?", "PATH", info.value.message))
+    # The same words whether the file exists or not: no existence oracle.
+    assert messages[0] == messages[1] == messages[2]
+    assert predictor.adapter.requests == []  # type: ignore[attr-defined]

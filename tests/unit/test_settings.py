@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cerebro.errors import InputError
+from cerebro.errors import ConfigError
 from cerebro.settings import DEFAULT_MODEL_DIR, Settings
 
 INTEGER_VARS = {
@@ -71,9 +71,13 @@ def test_every_variable_is_parsed() -> None:
         "CEREBRO_MAX_IMAGES": "3",
         "CEREBRO_MAX_IMAGE_BYTES": "1000",
         "CEREBRO_MAX_IMAGE_PIXELS": "2000",
+        "CEREBRO_MAX_REQUEST_PIXELS": "3000",
+        "CEREBRO_PREPROCESS_MEMORY_MB": "512",
         "CEREBRO_MAX_CONTEXT_TOKENS": "400",
         "CEREBRO_ALLOW_LOOPBACK_URLS": "true",
         "CEREBRO_ALLOW_PRIVATE_URLS": "yes",
+        "CEREBRO_ALLOW_LOCAL_FILES": "on",
+        "CEREBRO_FETCH_TIMEOUT_S": "7",
         "CEREBRO_WARMUP": "false",
         "CEREBRO_LOG_LEVEL": "debug",
         "CEREBRO_ENGINE": "Plain",
@@ -91,7 +95,11 @@ def test_every_variable_is_parsed() -> None:
         max_images=3,
         max_image_bytes=1000,
         max_image_pixels=2000,
+        max_request_pixels=3000,
+        preprocess_memory_mb=512,
         max_context_tokens=400,
+        allow_local_files=True,
+        fetch_timeout_s=7,
         allow_loopback_urls=True,
         allow_private_urls=True,
         warmup=False,
@@ -136,7 +144,7 @@ def test_integers_are_parsed_with_surrounding_space(name: str, attr: str) -> Non
 @pytest.mark.parametrize(("name", "attr"), sorted(INTEGER_VARS.items()))
 @pytest.mark.parametrize("raw", ["abc", "1.5", "1e3", "12MB", "0x10"])
 def test_bad_integer_names_the_variable(name: str, attr: str, raw: str) -> None:
-    with pytest.raises(InputError, match=rf"^E1001 InputError: {name}='{raw}' is not an integer") as info:
+    with pytest.raises(ConfigError, match=rf"^E2001 {name}='{raw}' is not an integer") as info:
         Settings.from_env({name: raw})
     assert info.value.field == name
 
@@ -144,7 +152,7 @@ def test_bad_integer_names_the_variable(name: str, attr: str, raw: str) -> None:
 @pytest.mark.parametrize(("name", "attr"), sorted(INTEGER_VARS.items()))
 @pytest.mark.parametrize("raw", ["0", "-3"])
 def test_integer_below_one_names_the_variable(name: str, attr: str, raw: str) -> None:
-    with pytest.raises(InputError, match=rf"^E1001 InputError: {name}={raw} must be at least 1") as info:
+    with pytest.raises(ConfigError, match=rf"^E2001 {name}={raw} must be at least 1") as info:
         Settings.from_env({name: raw})
     assert info.value.field == name
 
@@ -172,7 +180,7 @@ def test_booleans(name: str, attr: str, raw: str, expected: bool) -> None:
 @pytest.mark.parametrize("name", sorted(FLAG_VARS))
 @pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "t", "y"])
 def test_bad_boolean_names_the_variable(name: str, raw: str) -> None:
-    with pytest.raises(InputError, match=rf"^E1001 InputError: {name}='{raw}' is not a boolean") as info:
+    with pytest.raises(ConfigError, match=rf"^E2001 {name}='{raw}' is not a boolean") as info:
         Settings.from_env({name: raw})
     assert info.value.field == name
     assert "use true or false" in info.value.message
@@ -191,6 +199,6 @@ def test_model_dir_device_and_log_level_are_normalised() -> None:
 
 
 def test_unknown_engine_names_the_variable_and_the_choices() -> None:
-    with pytest.raises(InputError, match=r"CEREBRO_ENGINE='fast'; use one of batched, plain") as info:
+    with pytest.raises(ConfigError, match=r"CEREBRO_ENGINE='fast'; use one of batched, plain") as info:
         Settings.from_env({"CEREBRO_ENGINE": "fast"})
     assert info.value.field == "CEREBRO_ENGINE"

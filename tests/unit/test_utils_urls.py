@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -40,8 +41,8 @@ PNG = _png()
 
 
 def _raises(code: str, exc_type: type[InputError] = URLError) -> pytest.RaisesExc[InputError]:
-    """Expect `exc_type` with `code`, rendered as "<code> <Class>: ..." and naming FIELD."""
-    return pytest.raises(exc_type, match=rf"^{code} \w+: .*{re.escape(FIELD)}")
+    """Expect `exc_type` with `code`, rendered as "<code> <message>" and naming FIELD."""
+    return pytest.raises(exc_type, match=rf"^{code} .*{re.escape(FIELD)}")
 
 
 # ------------------------------------------------------------------------------------- the server
@@ -98,6 +99,13 @@ def _make_handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
                 self.wfile.write(b"\x00")
                 self.wfile.flush()
 
+        def drip_headers(self) -> None:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Slow: " + b"a" * 30:
+                if server.stop.wait(0.05):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+
     ROUTES: dict[str, Callable[[Handler], None]] = {
         "/image.png": lambda h: h._send(200, PNG, {"Content-Type": "image/png"}),
         "/octet": lambda h: h._send(200, PNG, {"Content-Type": "application/octet-stream"}),
@@ -114,6 +122,7 @@ def _make_handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             None if server.stop.wait(1.5) else h._send(200, PNG, {"Content-Type": "image/png"})
         ),
         "/drip": Handler.drip,
+        "/drip-headers": Handler.drip_headers,
         "/loop": lambda h: h._send(302, headers={"Location": "/loop"}),
         "/no-location": lambda h: h._send(302),
         "/to-file": lambda h: h._send(302, headers={"Location": "file:///etc/passwd"}),
@@ -146,13 +155,13 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture(autouse=True)
 def only_127_0_0_1(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Fail, without any traffic, if the code under test connects anywhere but 127.0.0.1."""
+    """Fail, without any traffic, if the code under test connects anywhere but loopback."""
     attempts: list[object] = []
     real = socket.create_connection
 
     def guarded(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
         attempts.append(address)
-        if address[0] != "127.0.0.1":
+        if address[0] not in ("127.0.0.1", "::1"):  # the loopback addresses, v4 and v6
             raise AssertionError(f"test tried to connect to {address}")
         return real(address, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -225,13 +234,46 @@ def test_read_timeout_is_E1201(server: Server) -> None:
     assert "timeout" in info.value.message
 
 
-def test_a_body_that_keeps_dripping_hits_the_whole_response_deadline(server: Server) -> None:
-    # Each byte arrives well within the socket timeout; only the total deadline stops this.
-    policy = FetchPolicy(read_timeout_s=0.4, allow_loopback=True)
+@pytest.mark.parametrize("path", ["/drip", "/drip-headers"])
+def test_a_response_that_keeps_dripping_hits_the_whole_fetch_deadline(server: Server, path: str) -> None:
+    # Each byte arrives well within the socket timeout; only the total deadline stops this, in the body
+    # and in the headers alike (http.client reads headers a line at a time, with no deadline of its own).
+    policy = FetchPolicy(read_timeout_s=1.0, total_timeout_s=0.4, allow_loopback=True)
+    started = time.monotonic()
 
     with _raises("E1201") as info:
-        fetch_url(f"{server.base}/drip", field=FIELD, policy=policy, max_bytes=MAX_BYTES)
-    assert "0.4 s" in info.value.message
+        fetch_url(f"{server.base}{path}", field=FIELD, policy=policy, max_bytes=MAX_BYTES)
+    assert "over 0.4 s in all" in info.value.message
+    assert time.monotonic() - started < 1.4  # the drip would last 1.5 s or more; the deadline is 0.4 s
+
+
+def test_ipv6_loopback_is_fetched_when_loopback_is_allowed_and_refused_otherwise() -> None:
+    class V6Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = V6Server(("::1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://[::1]:{httpd.server_address[1]}/a.png"
+        assert fetch_url(url, field=FIELD, policy=LOCAL, max_bytes=MAX_BYTES) == PNG
+        with _raises("E1200", URLError) as info:
+            fetch_url(url, field=FIELD, policy=FetchPolicy(), max_bytes=MAX_BYTES)
+        assert "loopback" in info.value.message
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.mark.parametrize(
