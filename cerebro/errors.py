@@ -131,6 +131,7 @@ CODES: dict[str, str] = {
     "E1201": "a URL could not be fetched (timeout, HTTP error, too large, not an image)",
     "E1300": "the JSON schema is not valid JSON or not a valid JSON Schema",
     "E1301": "the JSON schema uses a feature the constrained decoder does not support",
+    "E1302": "the JSON answer was cut off by max_new_tokens before it was complete",
     "E2000": "internal error",
     "E2001": "a deployment setting is not valid",
     "E2010": "model weights are missing",

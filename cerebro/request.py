@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from cerebro.errors import ImageError, InputError, PromptError, SchemaError
-from cerebro.schema_guard import MAX_SCHEMA_DEPTH, vet_schema
+from cerebro.schema_guard import MAX_JSON_DEPTH, check_json_depth, vet_schema
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def parse_json_schema(text: str | None) -> dict[str, Any] | None:
         ) from None
     except RecursionError:  # json.loads recurses once per nesting level
         raise SchemaError(
-            f"json_schema is nested too deeply to read; the limit is {MAX_SCHEMA_DEPTH} levels",
+            f"json_schema is nested too deeply to read; the limit is {MAX_JSON_DEPTH} levels",
             field="json_schema",
             code="E1301",
         ) from None
@@ -122,17 +122,12 @@ def parse_json_schema(text: str | None) -> dict[str, Any] | None:
         )
     import jsonschema  # local: only requests with a schema pay for the import
 
+    check_json_depth(schema)  # before check_schema, which recurses once per level
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as err:
         raise SchemaError(
             f"json_schema is not a valid JSON Schema: {err.message}", field="json_schema", code="E1300"
-        ) from None
-    except RecursionError:  # check_schema recurses once per level
-        raise SchemaError(
-            f"json_schema is nested too deeply; the limit is {MAX_SCHEMA_DEPTH} levels",
-            field="json_schema",
-            code="E1301",
         ) from None
     vet_schema(schema)  # no fetches, nothing the constrained decoder cannot guarantee
     return schema

@@ -102,7 +102,7 @@ def vet_schema(schema: dict[str, Any]) -> None:
     recurses): E1301 for unsupported or unsafe features and nesting limits, E1300 for malformed parts.
     """
     _Vetter(schema).run()  # first: it stops at MAX_SCHEMA_DEPTH and names the place
-    _check_json_depth(schema)  # then values the walk does not enter (const, enum, default, examples)
+    check_json_depth(schema)  # then values the walk does not enter (const, enum, default, examples)
 
 
 def safe_validator(schema: dict[str, Any]) -> Any:
@@ -150,7 +150,9 @@ def _unsupported(path: tuple[str, ...], keyword: str, reason: str) -> SchemaErro
 # ---------------------------------------------------------------------------------------- structure
 
 
-def _check_json_depth(document: Any) -> None:
+def check_json_depth(document: Any) -> None:
+    """E1301 when JSON containers nest deeper than MAX_JSON_DEPTH (iterative: safe at any depth). Run it
+    before anything that recurses through the document, such as jsonschema's check_schema."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cerebro.errors import GenerationError, SchemaError
+from cerebro.errors import GenerationError, InputError, SchemaError
 from cerebro.schema_guard import safe_validator
 
 logger = logging.getLogger(__name__)
@@ -107,11 +107,13 @@ def validate_output(text: str, schema: dict[str, Any], max_new_tokens: int) -> A
             "the JSON answer nests too deeply to read", field="json_schema", code="E2032"
         ) from None
     except json.JSONDecodeError:
-        raise GenerationError(
+        # The grammar only lets a complete answer end, so an unparseable one was cut off by the caller's
+        # own max_new_tokens: theirs to fix.
+        raise InputError(
             f"the JSON answer was cut off before it was complete (max_new_tokens={max_new_tokens}); raise "
             "max_new_tokens or ask for less",
             field="max_new_tokens",
-            code="E2032",
+            code="E1302",
         ) from None
     try:
         error = jsonschema.exceptions.best_match(safe_validator(schema).iter_errors(value))

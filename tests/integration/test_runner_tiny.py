@@ -25,7 +25,6 @@ from PIL import Image
 from cerebro.adapters.phi3_v import Phi3VAdapter
 from cerebro.errors import (
     CapacityError,
-    GenerationError,
     ImageError,
     InputError,
     PromptError,
@@ -50,6 +49,7 @@ CEREBRO_VARS = (
     "CEREBRO_MAX_CONTEXT_TOKENS",
     "CEREBRO_ALLOW_LOOPBACK_URLS",
     "CEREBRO_ALLOW_PRIVATE_URLS",
+    "CEREBRO_ALLOW_LOCAL_FILES",
     "CEREBRO_LOG_LEVEL",
     "CEREBRO_ENGINE",
     "CEREBRO_MAX_BATCH",
@@ -74,6 +74,7 @@ def _setup(model_dir: Path, **env: str) -> MetricsPredictor:
             mp.delenv(name, raising=False)
         mp.setenv("CEREBRO_MODEL_DIR", str(model_dir))
         mp.setenv("CEREBRO_WARMUP", "false")
+        mp.setenv("CEREBRO_ALLOW_LOCAL_FILES", "true")  # these tests pass the files they wrote by path
         for name, value in env.items():
             mp.setenv(name, value)
         predictor = MetricsPredictor()
@@ -130,7 +131,7 @@ def _adapter(predictor: Predictor) -> Phi3VAdapter:
 
 def _greedy_tokens(predictor: Predictor, request: GenerationRequest, stop_ids: frozenset[int]) -> list[int]:
     adapter = _adapter(predictor)
-    inputs = adapter.prepare(request)
+    inputs = adapter.model_inputs(request)
     sampler = Sampler(SamplingParams(temperature=0.0), adapter.model.device)
     return list(
         generate_tokens(
@@ -162,7 +163,7 @@ def test_streaming_pieces_concatenate_to_the_engines_answer(
     answer = [t for t in tokens if t not in adapter.stop_ids]
     assert "".join(pieces) == adapter.tokenizer.decode(answer, skip_special_tokens=True)
     assert predictor.metrics["output_token_count"] == len(tokens)
-    assert predictor.metrics["input_token_count"] == adapter.prepare(request)["input_ids"].shape[1]
+    assert predictor.metrics["input_token_count"] == adapter.model_inputs(request)["input_ids"].shape[1]
     assert predictor.metrics["time_to_first_token"] > 0
     assert predictor.metrics["tokens_per_second"] > 0
 
@@ -187,11 +188,13 @@ def test_sampling_repeats_with_a_seed_and_differs_across_seeds(
 def test_engine_greedy_tokens_equal_transformers_generate(
     predictor: MetricsPredictor, picture: Path, other_picture: Path, n_images: int
 ) -> None:
-    images = tuple(load_image(p, field="image", local_files=True) for p in (picture, other_picture))[:n_images]
+    images = tuple(load_image(p, field="image", local_files=True) for p in (picture, other_picture))[
+        :n_images
+    ]
     request = GenerationRequest(prompt="What is this?", images=images, max_new_tokens=16, num_crops=2)
     mine = _greedy_tokens(predictor, request, frozenset())
     model = _adapter(predictor).model
-    inputs = _adapter(predictor).prepare(request)
+    inputs = _adapter(predictor).model_inputs(request)
     n_prompt = inputs["input_ids"].shape[1]
     with torch.no_grad():
         ref = model.generate(
@@ -269,12 +272,12 @@ def test_invalid_schema_is_e1300_before_any_generation(predictor: MetricsPredict
     assert predictor.metrics["output_token_count"] == 0
 
 
-def test_cut_off_json_is_e2032(predictor: MetricsPredictor, picture: Path) -> None:
+def test_cut_off_json_is_the_callers_e1302(predictor: MetricsPredictor, picture: Path) -> None:
     schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 50}}, "required": ["s"]}
-    with pytest.raises(GenerationError) as info:
+    with pytest.raises(InputError) as info:
         _pieces(predictor, image=picture, json_schema=json.dumps(schema), max_new_tokens=3)
     err = info.value
-    assert (err.code, err.field) == ("E2032", "max_new_tokens")
+    assert (err.code, err.field) == ("E1302", "max_new_tokens")
     assert "cut off" in err.message and "max_new_tokens=3" in err.message
     assert predictor.metrics["output_token_count"] == 3
 
