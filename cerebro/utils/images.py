@@ -260,9 +260,12 @@ def decode_data_uri(uri: str, *, field: str, max_bytes: int) -> bytes:
         raise ImageError(f"{field} is a data URI without a ',' before its data", field=field, code="E1103")
     params = [p.strip().lower() for p in header.split(";")]
     media_type = params[0] or "text/plain"  # RFC 2397's default
-    if not media_type.startswith("image/"):
+    # application/octet-stream is what the `replicate` client writes for a file object without a name;
+    # the bytes are still decoded as one of the accepted formats, as for a fetched URL.
+    if not (media_type.startswith("image/") or media_type == "application/octet-stream"):
         raise ImageError(
-            f"{field} is a data URI of media type {media_type[:50]!r}; only image/* is accepted",
+            f"{field} is a data URI of media type {media_type[:50]!r}; only image/* (or "
+            "application/octet-stream) is accepted",
             field=field,
             code="E1103",
         )

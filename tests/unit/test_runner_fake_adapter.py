@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import logging
 import pathlib
 import re
 import threading
@@ -36,6 +37,7 @@ from cerebro.errors import (
 from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
+from cerebro.utils import OPERATOR_LOGGER
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -442,3 +444,26 @@ def test_paths_are_refused_unless_the_deployment_allows_local_files(
     # The same words whether the file exists or not: no existence oracle.
     assert messages[0] == messages[1] == messages[2]
     assert predictor.adapter.requests == []  # type: ignore[attr-defined]
+
+
+def test_an_internal_errors_traceback_reaches_only_the_operators_log(
+    predictor: MetricsPredictor, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Inside Cog, the "cerebro" loggers write to the prediction's logs, which its caller reads; the
+    # operator's logger writes to the server's own log. Both handlers see every record here.
+    loggers = [logging.getLogger("cerebro"), logging.getLogger(OPERATOR_LOGGER)]
+    for logger in loggers:
+        logger.addHandler(caplog.handler)
+    try:
+        with pytest.raises(ServerError) as info:
+            _run(predictor, prompt="crash", image=_png(tmp_path / "a.png"))
+    finally:
+        for logger in loggers:
+            logger.removeHandler(caplog.handler)
+    incident = re.search(r"incident ([0-9a-f]{12})", str(info.value)).group(1)  # type: ignore[union-attr]
+    caller_side = [r for r in caplog.records if r.name.startswith("cerebro.")]
+    operator_side = [r for r in caplog.records if r.name == OPERATOR_LOGGER]
+    assert caller_side and all(r.exc_info is None for r in caller_side)
+    assert not any("shape mismatch" in r.getMessage() for r in caller_side)
+    assert [incident in r.getMessage() for r in operator_side] == [True]
+    assert isinstance(operator_side[0].exc_info[1], RuntimeError)  # type: ignore[index]
