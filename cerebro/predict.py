@@ -85,6 +85,7 @@ class Predictor(BaseRunner):
         started = time.perf_counter()
         self.settings = Settings.from_env()
         configure_logging(self.settings.log_level)
+        budget.tune_allocator()  # first: every large buffer from here on goes back to the system when freed
         model_dir = self.settings.model_dir
         if not (model_dir / "config.json").is_file():
             raise WeightsError(
@@ -108,18 +109,18 @@ class Predictor(BaseRunner):
         )
         memory_mb = self.settings.preprocess_memory_mb
         self.memory = budget.MemoryBudget(memory_mb * 2**20 if memory_mb else budget.default_capacity())
-        budget.tune_allocator()
         self._dropped = 0  # requests cancelled while being prepared (never queued)
         self._dropped_lock = threading.Lock()
         load_s = time.perf_counter() - imported
         warmup_s = self.adapter.warmup() if self.settings.warmup and hasattr(self.adapter, "warmup") else 0.0
         details = " ".join(f"{k}={v}" for k, v in self.adapter.describe().items())
         log.info(
-            "setup_s=%.2f import_s=%.2f load_s=%.2f warmup_s=%.2f %s",
+            "setup_s=%.2f import_s=%.2f load_s=%.2f warmup_s=%.2f preprocess_memory_mb=%d %s",
             time.perf_counter() - started,
             imported - started,
             load_s,
             warmup_s,
+            self.memory.capacity // 2**20,
             details,
         )
 
