@@ -23,7 +23,7 @@ requests decoded together, 16 * bandwidth / (weights + 16 * KV), and roofline_pe
 aggregate output tokens/s (prefill and waiting included) with it, for both engines.
 
     python benchmarks/gpu_speed.py [--full | --smoke] [--scenarios S1,S2,S3] [--new-tokens 64]
-                                   [--concurrent 16] [--repeats 3] [--out benchmarks/results]
+                                   [--concurrent 16] [--repeats 3] [--out DIR]
     python benchmarks/gpu_speed.py --plan    # bytes per step and prompt sizes only: no GPU, no weights
 
 --full needs CUDA and refuses to run without it. --smoke runs the same code on the CPU with the tiny
@@ -31,7 +31,8 @@ architecture in float32 (16 new tokens, 4 concurrent), roofline from a CPU memcp
 script works; its numbers say nothing about a GPU. With neither flag: full on CUDA, else smoke (said so).
 
 Not here: output quality (the weights are random), real checkpoints, anything about the HTTP server.
-Each run writes one JSON file (a list of records) to --out and prints a table.
+Each run writes one JSON file (a list of records) to --out and prints a table. Without --out, a full run
+writes to benchmarks/results/ and a smoke run to .artifacts/gpu_speed/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ from cerebro.models.phi3_v import (  # noqa: E402
 from cerebro.models.phi3_v.tiny import tiny_config_dict  # noqa: E402
 from cerebro.models.phi3_v.weights import rebuild_buffers, resolve_attention  # noqa: E402
 
+RESULTS = REPO_ROOT / "benchmarks" / "results"  # measured figures, kept in git
+SMOKE_RESULTS = REPO_ROOT / ".artifacts" / "gpu_speed"  # script checks, git-ignored
 IMAGE_SIZE = (1024, 768)  # W, H
 QUESTION_TOKENS = 30
 SCENARIOS = ("S1", "S2", "S3")
@@ -680,7 +683,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, help="requests in S3 (16 full, 4 smoke)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of S1 and S2; median reported")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="JSON folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"JSON folder (default: {RESULTS.relative_to(REPO_ROOT)} for --full, "
+        f"{SMOKE_RESULTS.relative_to(REPO_ROOT)} for --smoke: git-ignored, smoke runs are not results)",
+    )
     args = parser.parse_args(argv)
     args.scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     if not args.scenarios or not set(args.scenarios) <= set(SCENARIOS):
@@ -697,6 +705,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.mode == "smoke" and not args.smoke and not args.plan:
         print("no CUDA device: running the CPU smoke mode (tiny model); pass --full to require a GPU\n")
     small = args.mode == "smoke"
+    args.out = args.out or (SMOKE_RESULTS if small else RESULTS)
     args.new_tokens = args.new_tokens or (16 if small else 64)
     args.concurrent = args.concurrent or (4 if small else 16)
     if args.new_tokens < 2 or args.concurrent < 1 or args.repeats < 1:

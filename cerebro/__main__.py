@@ -4,7 +4,7 @@
     cerebro serve --model-dir DIR [--host 127.0.0.1] [--port 5000]
     cerebro predict (--model-dir DIR | --url http://HOST:PORT | --replicate OWNER/NAME[:VERSION])
                     --image FILE_OR_URL [--image ...] --prompt "..." [--json-schema FILE] [options]
-    cerebro tiny-model OUT_DIR [--tokenizer-dir DIR]
+    cerebro tiny-model OUT_DIR --tokenizer-dir DIR    (DIR must hold tokenizer.json)
 
 `predict` is one verb for every target: in-process on local weights, a self-hosted Cog container, or a
 model deployed on Replicate (token from REPLICATE_API_TOKEN). Argument parsing and dispatch only; the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cerebro import client
-from cerebro.errors import CerebroError
+from cerebro.errors import CerebroError, WeightsError
 
 RUNNER_REF = "cerebro/predict.py:Predictor"
+log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout, err: Te
         if args.verb == "serve":
             return _serve(args)
         if args.verb == "tiny-model":
-            return _tiny_model(args, out)
+            return _tiny_model(args, out, err)
         return _predict(args, out, err)
     except CerebroError as error:
         print(f"error: {error.describe()}", file=err)
@@ -116,9 +118,15 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
-def _tiny_model(args: argparse.Namespace, out: TextIO) -> int:
-    from cerebro.models.phi3_v.tiny import write_tiny_model
+def _tiny_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from cerebro.models.phi3_v.tiny import check_tokenizer_dir, write_tiny_model
 
+    try:
+        # Checked before anything is written: a model without a tokenizer cannot answer anything.
+        check_tokenizer_dir(args.tokenizer_dir, field="--tokenizer-dir")
+    except CerebroError as error:
+        print(f"error: {error.describe()}", file=err)
+        return client.EXIT_USAGE
     path = write_tiny_model(
         args.out_dir, args.tokenizer_dir, seed=args.seed, num_crops=args.num_crops, shards=args.shards
     )
@@ -166,9 +174,29 @@ def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: di
         def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
             self.metrics[key] = value
 
+    model_dir = Path(args.model_dir)
+    if (model_dir / "config.json").is_file() and not (model_dir / "tokenizer.json").is_file():
+        raise WeightsError(
+            f"--model-dir {str(model_dir)!r} has a config.json but no tokenizer.json: copy the "
+            "checkpoint's tokenizer files into it, or write a tiny model again with "
+            "cerebro tiny-model DIR --tokenizer-dir ../shared/fixtures/phi35v-tiny",
+            field="--model-dir",
+            code="E2012",
+        )
     predictor = LocalPredictor()
     predictor.metrics = {}
-    predictor.setup()
+    try:
+        predictor.setup()
+    except CerebroError:
+        raise
+    except Exception as exc:  # the CLI edge: one coded line; the traceback only at debug level
+        log.debug("setup failed", exc_info=True)
+        raise WeightsError(
+            f"could not load the model in --model-dir {str(model_dir)!r}: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+            field="--model-dir",
+            code="E2012",
+        ) from exc
     schema = client.build_inputs(prompt=args.prompt, images=[], json_schema_file=args.json_schema).get(
         "json_schema", ""
     )
@@ -198,21 +226,22 @@ def _predict_local(args: argparse.Namespace, out: TextIO, err: TextIO, extra: di
                 out.flush()
     except CerebroError as error:
         if args.json:
-            print(
-                json.dumps({"status": "failed", "error": error.describe(), "metrics": predictor.metrics}),
-                file=out,
-            )
+            failed = {
+                "status": "failed",
+                "output": pieces,
+                "error": error.describe(),
+                "metrics": predictor.metrics,
+            }
+            print(json.dumps(failed, indent=2, ensure_ascii=False), file=out)
         else:
             print(f"\nerror: {error.describe()}", file=err)
         return client.EXIT_API
-    text = "".join(pieces)
     if args.json:
-        print(
-            json.dumps({"status": "succeeded", "output": text, "metrics": predictor.metrics}, indent=2),
-            file=out,
-        )
+        # `output` is the list of pieces, as over HTTP and from --url and --replicate; join them for the text.
+        done = {"status": "succeeded", "output": pieces, "metrics": predictor.metrics}
+        print(json.dumps(done, indent=2, ensure_ascii=False), file=out)
     elif not args.stream:
-        print(text, file=out)
+        print("".join(pieces), file=out)
     else:
         out.write("\n")
     return client.EXIT_OK

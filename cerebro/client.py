@@ -1,7 +1,7 @@
 # Written with AI assistance; review before relying on it.
 """The client side of `cerebro predict`: send a prompt and images to a deployed Cerebro, print the answer.
 
-Two targets, one shape of result:
+Two targets, one shape of result (`--json`'s `output` is always the list of text pieces):
 
 - `predict_replicate(model_ref, inputs)` talks to Replicate through the official `replicate` client:
   create a prediction on `owner/name` (`POST /v1/models/{owner}/{name}/predictions`) or on
@@ -425,6 +425,8 @@ def _report(
     status = record.get("status")
     if as_json:
         shown = {key: record.get(key) for key in (*_JSON_FIELDS, *_TIME_FIELDS) if key in record}
+        if "output" in shown:
+            shown["output"] = output_pieces(shown["output"])
         out.write(json.dumps(shown, indent=2, ensure_ascii=False, default=str) + "\n")
         out.flush()
     else:
@@ -446,6 +448,16 @@ def _report(
     elif status not in _TERMINAL:
         _error(err, f"prediction ended in an unexpected state {status!r}{_for(prediction_id)}")
     return EXIT_API
+
+
+def output_pieces(output: Any) -> Any:
+    """`--json`'s one shape for a text answer: the list of pieces, as the HTTP API gives it (a server that
+    answered one string gives one piece; nothing gives []). Other JSON values are left as they are."""
+    if output is None:
+        return []
+    if isinstance(output, str):
+        return [output]
+    return output
 
 
 def render_output(output: Any) -> str:

@@ -136,6 +136,7 @@ CODES: dict[str, str] = {
     "E2001": "a deployment setting is not valid",
     "E2010": "model weights are missing",
     "E2011": "the checkpoint does not match the model configuration (missing or unexpected tensors)",
+    "E2012": "a model or tokenizer folder is incomplete (no tokenizer.json) or a file in it does not load",
     "E2020": "the request does not fit the KV-cache budget right now",
     "E2021": "the server is busy decoding other images; retry shortly",
     "E2030": "generation failed",

@@ -90,9 +90,9 @@ class Predictor(BaseRunner):
         if not (model_dir / "config.json").is_file():
             raise WeightsError(
                 f"no model weights in {model_dir} (looked for config.json and *.safetensors there). In the "
-                "Cog image they are baked in at build time by cog.yaml; elsewhere set CEREBRO_MODEL_DIR to a "
-                "folder "
-                "with the official checkpoint, or make a tiny demo model: python -m cerebro tiny-model DIR",
+                "Cog image they are baked in at build time by cog.yaml; elsewhere set CEREBRO_MODEL_DIR (or "
+                "--model-dir) to a folder with the official checkpoint. Offline, try the whole pipeline on a "
+                "tiny random model (meaningless answers): bash scripts/demo --tiny",
                 field="CEREBRO_MODEL_DIR",
                 code="E2010",
             )

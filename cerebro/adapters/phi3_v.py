@@ -22,7 +22,7 @@ import torch
 
 from cerebro.adapters.base import Capabilities, GenerationStats, ModelAdapter
 from cerebro.engine import Engine, Job, PlainEngine, build_engine
-from cerebro.errors import ConfigError, PromptError
+from cerebro.errors import ConfigError, PromptError, WeightsError
 from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
@@ -149,6 +149,13 @@ class Phi3VAdapter(ModelAdapter):
             settings.model_dir, torch_dtype=dtype, attn_implementation=settings.attention, device=device
         )
         loaded = time.perf_counter()
+        if not (settings.model_dir / "tokenizer.json").is_file():
+            raise WeightsError(
+                f"{settings.model_dir} holds weights but no tokenizer.json; copy the checkpoint's tokenizer "
+                "files into it",
+                field="CEREBRO_MODEL_DIR",
+                code="E2012",
+            )
         processor = Phi3VProcessor.from_pretrained(settings.model_dir)
         processed = time.perf_counter()
         engine = build_engine(model, settings)

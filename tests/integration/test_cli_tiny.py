@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from cerebro.client import EXIT_API
+from cerebro.client import EXIT_API, EXIT_USAGE
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.fixtures, pytest.mark.slow]
@@ -76,7 +77,9 @@ def test_predict_json_prints_status_output_and_metrics(model_dir: Path, image: P
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "succeeded"
-    assert isinstance(result["output"], str) and result["output"]
+    # One shape for every target: the list of text pieces, as the HTTP API (and --url, --replicate) give.
+    output = result["output"]
+    assert isinstance(output, list) and output and all(isinstance(piece, str) for piece in output)
     metrics = result["metrics"]
     assert 1 <= metrics["output_token_count"] <= 4
     assert metrics["input_token_count"] > 100  # the image's tokens are in the prompt
@@ -89,7 +92,7 @@ def test_predict_streams_the_same_answer_as_json(model_dir: Path, image: Path) -
     as_json = _predict(model_dir, image, *options, "--json")
     streamed = _predict(model_dir, image, *options)
     assert as_json.returncode == streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout == json.loads(as_json.stdout)["output"] + "\n"
+    assert streamed.stdout == "".join(json.loads(as_json.stdout)["output"]) + "\n"
 
 
 def test_predict_with_a_json_schema_prints_valid_json(model_dir: Path, image: Path, tmp_path: Path) -> None:
@@ -101,7 +104,7 @@ def test_predict_with_a_json_schema_prints_valid_json(model_dir: Path, image: Pa
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "succeeded"
-    jsonschema.validate(json.loads(result["output"]), SCHEMA)
+    jsonschema.validate(json.loads("".join(result["output"])), SCHEMA)
 
 
 def test_a_missing_image_fails_cleanly_naming_the_field(model_dir: Path, tmp_path: Path) -> None:
@@ -113,4 +116,63 @@ def test_a_missing_image_fails_cleanly_naming_the_field(model_dir: Path, tmp_pat
     assert errors[0].startswith("error: ImageError: E1103 images[0]")
     assert str(missing) in errors[0]
     assert "Traceback" not in done.stderr
+    assert done.stdout.strip() == ""
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single `error: ...` line a failed command prints, with no traceback around it."""
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", ["missing", "no-tokenizer-json"])
+def test_tiny_model_refuses_a_tokenizer_dir_without_tokenizer_json(tmp_path: Path, kind: str) -> None:
+    tokenizer_dir = tmp_path / "nonexistent"
+    if kind == "no-tokenizer-json":
+        tokenizer_dir.mkdir()
+        (tokenizer_dir / "tokenizer_config.json").write_text("{}")
+    out = tmp_path / "tiny"
+    done = _cerebro("tiny-model", out, "--tokenizer-dir", tokenizer_dir)
+    assert done.returncode == EXIT_USAGE, done.stdout
+    line = _one_error_line(done)
+    assert line.startswith("error: WeightsError: E2012 --tokenizer-dir "), line
+    assert str(tokenizer_dir) in line and "tokenizer.json" in line
+    assert "wrote" not in done.stdout
+    assert not out.exists()  # nothing half-written for predict to trip over later
+
+
+def _copy_without(model_dir: Path, dest: Path, *names: str) -> Path:
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns(*names))
+    return dest
+
+
+def test_predict_on_a_model_without_a_tokenizer_is_one_coded_line(
+    model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    broken = _copy_without(model_dir, tmp_path / "no-tokenizer", "tokenizer.json")
+    done = _predict(broken, image, "--max-new-tokens", "2")
+    assert done.returncode == EXIT_API
+    line = _one_error_line(done)
+    assert line.startswith("error: WeightsError: E2012 --model-dir "), line
+    assert str(broken) in line and "tokenizer.json" in line
+    assert done.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("tokenizer.json", "not json"), ("config.json", "{"), ("model.safetensors", "truncated")],
+    ids=["tokenizer", "config", "weights"],
+)
+def test_predict_on_a_corrupt_model_folder_is_one_coded_line(
+    model_dir: Path, image: Path, tmp_path: Path, name: str, content: str
+) -> None:
+    broken = _copy_without(model_dir, tmp_path / "corrupt", name)
+    (broken / name).write_text(content)
+    done = _predict(broken, image, "--max-new-tokens", "2", "--json")
+    assert done.returncode == EXIT_API
+    line = _one_error_line(done)
+    assert line.startswith("error: WeightsError: E201"), line
+    assert str(broken) in line
     assert done.stdout.strip() == ""

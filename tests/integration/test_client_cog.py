@@ -50,6 +50,7 @@ NOT_STREAMING = (
 class FakeCog:
     def __init__(self) -> None:
         self.streaming = True
+        self.output: Any = CHUNKS  # what a finished prediction holds (a server may send one string)
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.url = ""
 
@@ -62,7 +63,7 @@ class FakeCog:
                 "error": "E2031 GenerationError: out of memory",
                 "output": None,
             }
-        return {**base, "status": "succeeded", "output": CHUNKS}
+        return {**base, "status": "succeeded", "output": self.output}
 
 
 def _handler(fake: FakeCog) -> type[BaseHTTPRequestHandler]:
@@ -152,6 +153,24 @@ def test_json_prints_the_prediction(fake: FakeCog) -> None:
         "output": CHUNKS,
         "metrics": {"predict_time": 0.1},
     }
+
+
+def test_json_output_is_the_list_of_pieces_even_when_the_server_sent_one_string(fake: FakeCog) -> None:
+    fake.output = "".join(CHUNKS)
+
+    code, out, err = _run(fake.url, {"prompt": "p"}, as_json=True)
+
+    assert code == EXIT_OK, err
+    assert json.loads(out)["output"] == ["".join(CHUNKS)]
+
+
+def test_json_of_a_failed_prediction_has_an_empty_output_list(fake: FakeCog) -> None:
+    code, out, _err = _run(fake.url, {"prompt": "p", "fail": True}, as_json=True)
+
+    assert code == EXIT_API
+    printed = json.loads(out)
+    assert (printed["status"], printed["output"]) == ("failed", [])
+    assert printed["error"].startswith("E2031 ")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "no-stream"])

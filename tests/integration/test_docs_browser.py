@@ -2,9 +2,12 @@
 """Open docs/index.html in headless Chromium, served from loopback, and look for anything broken.
 
 Fails on a console error, an uncaught page error, a failed or non-2xx request, a request that leaves
-the loopback server, an image that did not load, a local link that does not resolve, and a page wider
-than a phone's screen. Screenshots of the whole page at 1280x900 and 390x844 go to screenshots/ (git
-ignored) for a person to look at.
+the loopback server, an image that did not load, a local link that does not resolve, and horizontal
+overflow: a page wider than the viewport, any element that sticks out of the box that holds it (a code
+line or a table spilling out of the text column), and, at laptop width, any box that hides part of its
+content behind a sideways scroll (a table whose last column is off to the right). On a phone a wide
+table may scroll inside its own box; nothing may spill out of it. Screenshots of the whole page at
+1280x900 and 390x844 go to screenshots/ (git ignored) for a person to look at.
 
 Needs the `playwright` Python package and Debian's Chromium at /usr/bin/chromium (or CHROMIUM_PATH);
 Playwright's own browser downloads are not used. Where either is missing the tests skip, except under
@@ -39,6 +42,38 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 VIEWPORTS = {"laptop": (1280, 900), "phone": (390, 844)}
+# Boxes that may scroll sideways (hiding part of their content until scrolled), per viewport.
+SCROLL_ALLOWED = {"laptop": False, "phone": True}
+# Every in-flow element, measured against its parent; those inside a box that clips or scrolls sideways
+# are measured only through that box. Returns one line per problem (at most 20).
+OVERFLOW_JS = """
+(scrollAllowed) => {
+  const problems = [];
+  const name = (el) => {
+    const text = (el.textContent || "").trim().replace(/\\s+/g, " ").slice(0, 60);
+    return `<${el.tagName.toLowerCase()}${el.className ? "." + el.className : ""}> "${text}"`;
+  };
+  const outOfFlow = (el) => ["absolute", "fixed"].includes(getComputedStyle(el).position);
+  const clips = (el) => getComputedStyle(el).overflowX !== "visible";
+  for (const el of document.body.querySelectorAll("*")) {
+    if (["SCRIPT", "STYLE"].includes(el.tagName) || el.getClientRects().length === 0) continue;
+    let inScrollBox = false;
+    for (let a = el; a && a !== document.body; a = a.parentElement) {
+      if (outOfFlow(a)) { inScrollBox = true; break; }  // the skip link waits off-screen on purpose
+      if (a !== el && clips(a)) { inScrollBox = true; break; }
+    }
+    if (clips(el) && !scrollAllowed && el.scrollWidth > el.clientWidth + 1) {
+      problems.push(`${name(el)} hides ${el.scrollWidth - el.clientWidth} px of its content sideways`);
+    }
+    if (inScrollBox) continue;
+    const box = el.getBoundingClientRect();
+    const parent = el.parentElement.getBoundingClientRect();
+    const out = Math.max(box.right - parent.right, parent.left - box.left);
+    if (out > 1) problems.push(`${name(el)} sticks out of its container by ${Math.round(out)} px`);
+  }
+  return problems.slice(0, 20);
+}
+"""
 
 pytestmark = pytest.mark.browser
 
@@ -119,6 +154,7 @@ def test_the_docs_page_loads_cleanly(browser_context: Any, site: str, viewport: 
             if status != 200:
                 broken_links.append(f"{raw} -> HTTP {status}")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    spills = page.evaluate(OVERFLOW_JS, SCROLL_ALLOWED[viewport])
 
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"docs-{width}x{height}.png"), full_page=True)
@@ -129,3 +165,4 @@ def test_the_docs_page_loads_cleanly(browser_context: Any, site: str, viewport: 
     assert not broken_images, f"images that did not load: {broken_images}"
     assert not broken_links, f"links that do not resolve: {broken_links}"
     assert overflow <= 0, f"the page is {overflow} px wider than the {width} px viewport"
+    assert not spills, f"horizontal overflow at {width} px:\n" + "\n".join(spills)

@@ -482,3 +482,12 @@ def test_missing_safetensors_is_a_weights_error(tiny_model_dir: Path, tmp_path: 
     with pytest.raises(WeightsError, match=r"^E2010 ") as info:
         _setup(broken)
     assert str(broken) in info.value.message
+
+
+def test_missing_tokenizer_is_a_coded_weights_error_at_setup(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(WeightsError, match=r"^E2012 ") as info:
+        _setup(broken)
+    assert "tokenizer.json" in info.value.message

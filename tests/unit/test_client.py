@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cerebro.client import EXIT_USAGE, build_inputs, predict_replicate, predict_url, render_output
+from cerebro.client import (
+    EXIT_USAGE,
+    build_inputs,
+    output_pieces,
+    predict_replicate,
+    predict_url,
+    render_output,
+)
 from cerebro.errors import ImageError, InputError, SchemaError
 
 
@@ -116,6 +123,14 @@ def test_render_output_joins_tokens_and_pretty_prints_other_json() -> None:
     assert render_output("Hello") == "Hello"
     assert render_output(None) == ""
     assert render_output({"color": "red"}) == '{\n  "color": "red"\n}'
+
+
+def test_json_output_is_always_the_list_of_pieces() -> None:
+    # `--json` prints one shape for every target: what a server gave as one string becomes one piece.
+    assert output_pieces(["Hel", "lo"]) == ["Hel", "lo"]
+    assert output_pieces("Hello") == ["Hello"]
+    assert output_pieces(None) == []
+    assert output_pieces({"color": "red"}) == {"color": "red"}  # not text: left as the server sent it
 
 
 # --- checks before any request ------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_missing_weights_dir_is_e2010_saying_where_and_how_to_fix(
     assert str(where) in err.message
     assert "config.json" in err.message
     assert "set CEREBRO_MODEL_DIR" in err.message
-    assert "python -m cerebro tiny-model" in err.message
+    assert "bash scripts/demo --tiny" in err.message
     assert not err.is_caller_error
 
 

@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from cerebro.errors import WeightsError
 from cerebro.models.phi3_v.configuration import Phi3VConfig
 from cerebro.models.phi3_v.modeling import Phi3VForCausalLM
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+REQUIRED_TOKENIZER_FILE = TOKENIZER_FILES[0]  # without it no tokenizer loads: the model cannot run
 WTE_NAME = "model.vision_embed_tokens.wte.weight"
 EMBED_NAME = "model.embed_tokens.weight"
 
@@ -138,7 +140,13 @@ def write_tiny_model(
     shards: int = 1,
     **config_overrides: Any,
 ) -> Path:
-    """A complete model folder: config.json, generation/preprocessor configs, weights, tokenizer files."""
+    """A complete model folder: config.json, generation/preprocessor configs, weights, tokenizer files.
+
+    Raises `WeightsError` (E2012) before writing anything when `tokenizer_dir` holds no tokenizer.json.
+    Without `tokenizer_dir` the folder has weights and configs only (enough for the loader, not to run).
+    """
+    if tokenizer_dir is not None:
+        check_tokenizer_dir(tokenizer_dir, field="tokenizer_dir")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_dict = tiny_config_dict(**config_overrides)
@@ -166,3 +174,17 @@ def write_tiny_model(
             if src.is_file():
                 shutil.copyfile(src, out / name)
     return out
+
+
+def check_tokenizer_dir(folder: str | Path, *, field: str) -> Path:
+    """`folder` as a Path when it holds tokenizer.json; else WeightsError E2012 naming the folder."""
+    path = Path(folder)
+    if not (path / REQUIRED_TOKENIZER_FILE).is_file():
+        what = "does not exist" if not path.exists() else f"has no {REQUIRED_TOKENIZER_FILE}"
+        raise WeightsError(
+            f"{field} {str(path)!r} {what}; it must hold the tokenizer files "
+            f"({', '.join(TOKENIZER_FILES[:2])}), for example ../shared/fixtures/phi35v-tiny",
+            field=field,
+            code="E2012",
+        )
+    return path
