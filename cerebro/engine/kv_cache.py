@@ -19,6 +19,8 @@ Not here: which request owns which row (scheduler.py), masks and RoPE (runner.py
 
 from __future__ import annotations
 
+import math
+import mmap
 from typing import Any
 
 import torch
@@ -40,8 +42,8 @@ class RowKVCache:
         shape = (rows, kv_heads, capacity, head_dim)
         # Zeros, not empty: masked positions still enter the q.k product, and NaN garbage there would turn
         # the softmax into NaN even though its weight is zero.
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.keys = [_zeros(shape, dtype, device) for _ in range(num_layers)]
+        self.values = [_zeros(shape, dtype, device) for _ in range(num_layers)]
         self.row_index = torch.arange(rows, device=device)
         self._mode: tuple[Any, ...] = ("idle",)
 
@@ -88,3 +90,16 @@ class RowKVCache:
         """Copy the first `length` positions of row src into row dst (keeps running rows contiguous)."""
         for t in (*self.keys, *self.values):
             t[dst, :, :length] = t[src, :, :length]
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor. On the CPU it lives in anonymous mmap memory, which the kernel guarantees to read as
+    zeros and commits only page by page as rows are written: a CPU deployment's budget (gigabytes) costs
+    memory only for the tokens its requests really hold, and nothing is zero-filled at startup."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes == 0:
+        return torch.zeros(shape, dtype=dtype)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(memory, dtype=dtype).view(shape)  # the tensor keeps `memory` alive

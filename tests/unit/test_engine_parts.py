@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -355,3 +356,29 @@ def test_stream_whose_async_reader_is_gone_asks_the_engine_to_stop() -> None:
     loop.close()
     stream.put(1)
     assert stream.cancelled
+
+
+def test_a_cpu_cache_costs_memory_only_for_what_is_written() -> None:
+    # The CPU default budget is gigabytes; it must not be zero-filled (and held) at startup.
+    def rss() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise LookupError("VmRSS")
+
+    before = rss()
+    cache = RowKVCache(
+        num_layers=8,
+        rows=2,
+        kv_heads=8,
+        capacity=8192,
+        head_dim=64,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+    assert cache.nbytes == 2 * 8 * 2 * 8 * 8192 * 64 * 4  # 1 GiB
+    assert rss() - before < 64 * 2**20
+    assert not cache.keys[5].any() and not cache.values[7].any()  # reads as zeros (no NaN garbage)
+    cache.keys[5][1, :, :10] = 2.0
+    assert float(cache.keys[5].sum()) == 2.0 * 8 * 10 * 64
+    assert rss() - before < 64 * 2**20
