@@ -103,6 +103,8 @@ class Phi3VImageProcessor:
         self.patch_size = patch_size
         self.mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
+        self._mean = self.mean.view(3).numpy()  # 3 float32 values, one per channel, for numpy ops
+        self._std = self.std.view(3).numpy()
 
     def layout(self, width: int, height: int) -> HDLayout:
         return hd_layout(width, height, self.num_crops, self.crop_size)
@@ -112,7 +114,14 @@ class Phi3VImageProcessor:
         return num_image_tokens(lay.h_crop, lay.w_crop, self.crop_size, self.patch_size)
 
     def hd_tensor(self, image: Image.Image) -> torch.Tensor:
-        """One image -> its normalized padded HD tensor [3, H', W'] (H', W' multiples of crop_size)."""
+        """One image -> its normalized padded HD tensor [3, H', W'], contiguous (H', W' multiples of S).
+
+        Normalization runs one channel plane at a time, in place, in numpy: single-threaded and contiguous,
+        with no torch thread-pool hand-off (on a 2-core machine with another process busy, each hand-off
+        stalled for several ms). Every step is an IEEE float32 op in the official order
+        ((x / 255) - mean) / std, so the result is bit-identical to torch's; a fused form such as
+        x * a + b is not (tests/unit/test_phi3v_image_speed_parity.py checks with torch.equal).
+        """
         image = to_rgb(image)
         lay = self.layout(*image.size)
         if lay.transposed:
@@ -123,25 +132,35 @@ class Phi3VImageProcessor:
         canvas.paste(image, (0, (padded_h - lay.resized_h) // 2))  # top = floor(extra / 2)
         if lay.transposed:
             canvas = canvas.transpose(Image.Transpose.TRANSPOSE)
-        pixels = torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy())  # H', W', 3
-        chw = pixels.permute(2, 0, 1).to(torch.float32).div(255.0)  # 3, H', W'
-        return chw.sub(self.mean).div(self.std)
+        hd = torch.empty(3, lay.height, lay.width, dtype=torch.float32)  # 3, H', W'
+        planes = hd.numpy()  # the same memory
+        for c, band in enumerate(canvas.split()):  # split: PIL de-interleaves H', W', 3 into 3 x (H', W')
+            plane = planes[c]  # H', W'
+            np.divide(np.asarray(band), np.float32(255.0), out=plane)  # uint8 -> float32, x / 255
+            np.subtract(plane, self._mean[c], out=plane)
+            np.divide(plane, self._std[c], out=plane)
+        return hd
 
     def crops(self, hd: torch.Tensor) -> torch.Tensor:
         """[3, H', W'] -> [num_crops + 1, 3, S, S]: global view, row-major tiles, zero padding crops."""
         s = self.crop_size
+        out = torch.empty(self.num_crops + 1, 3, s, s, dtype=torch.float32)
+        self._crops_into(hd, out)
+        return out
+
+    def _crops_into(self, hd: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the crops of `hd` [3, H', W'] into `out` [num_crops + 1, 3, S, S], every entry of it."""
+        s = self.crop_size
         _, height, width = hd.shape
         h_crop, w_crop = height // s, width // s
+        n = h_crop * w_crop
         glb = F.interpolate(hd[None], size=(s, s), mode="bicubic", align_corners=False)  # 1, 3, S, S
-        tiles = (
-            hd.reshape(3, h_crop, s, w_crop, s)  # 3, h, S, w, S
-            .permute(1, 3, 0, 2, 4)  # h, w, 3, S, S
-            .reshape(h_crop * w_crop, 3, s, s)
-        )
-        out = torch.zeros(self.num_crops + 1, 3, s, s, dtype=torch.float32)
-        out[0] = glb[0]
-        out[1 : 1 + h_crop * w_crop] = tiles
-        return out
+        crops = out.numpy()  # the same memory: plain copies, single-threaded as in hd_tensor
+        crops[0] = glb.numpy()[0]
+        grid = hd.detach().numpy().reshape(3, h_crop, s, w_crop, s)  # 3, h, S, w, S
+        tiles = crops[1 : 1 + n].reshape(h_crop, w_crop, 3, s, s)  # h, w, 3, S, S (a view: out is contiguous)
+        np.copyto(tiles, grid.transpose(1, 3, 0, 2, 4))  # h, w, 3, S, S
+        crops[1 + n :] = 0.0  # padding crops
 
     def __call__(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         for i, image in enumerate(images):
@@ -151,14 +170,16 @@ class Phi3VImageProcessor:
                     field=f"images[{i}]",
                     code="E1105",
                 )
-        pixel_values, sizes, counts = [], [], []
+        s = self.crop_size
+        pixel_values = torch.empty(len(images), self.num_crops + 1, 3, s, s, dtype=torch.float32)
+        sizes, counts = [], []
         for i, image in enumerate(images):
             try:
                 hd = self.hd_tensor(image)
             except ImageError as err:
                 raise ImageError(f"images[{i}]: {err.message}", field=f"images[{i}]", code=err.code) from None
             _, height, width = hd.shape
-            pixel_values.append(self.crops(hd))
+            self._crops_into(hd, pixel_values[i])
             sizes.append([height, width])
             counts.append(
                 num_image_tokens(
@@ -166,7 +187,7 @@ class Phi3VImageProcessor:
                 )
             )
         return {
-            "pixel_values": torch.stack(pixel_values),  # N, num_crops + 1, 3, S, S
+            "pixel_values": pixel_values,  # N, num_crops + 1, 3, S, S
             "image_sizes": torch.tensor(sizes, dtype=torch.long),  # N, 2 as (H', W')
             "num_img_tokens": torch.tensor(counts, dtype=torch.long),  # N
         }
