@@ -13,7 +13,6 @@ test_cerebro_server.py, whose server allows loopback URLs.
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
 import os
@@ -31,6 +30,7 @@ from .conftest import rss_bytes, worker_pid
 from .test_cerebro_server import (
     MAX_ERROR_CHARS,
     RUNNER_REF,
+    LoopbackPeer,
     assert_failed,
     assert_succeeded,
     data_uri,
@@ -63,39 +63,10 @@ def url(cog_server: Callable[..., str], tiny_model_dir: Path) -> str:
     )
 
 
-class Recorder:
-    """An HTTP server on 127.0.0.1 that answers every GET with a PNG and records the paths it was asked."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        recorder = self
-        png = io.BytesIO()
-        Image.new("RGB", (8, 8), "red").save(png, "PNG")
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                recorder.hits.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(png.getvalue())))
-                self.end_headers()
-                self.wfile.write(png.getvalue())
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture(scope="module")
-def recorder() -> Iterator[Recorder]:
-    server = Recorder()
+def recorder() -> Iterator[LoopbackPeer]:
+    """A loopback HTTP server that records every GET path (`requested`): refused URLs must never reach it."""
+    server = LoopbackPeer()
     yield server
     server.close()
 
@@ -204,7 +175,7 @@ def test_a_file_url_is_refused_as_a_scheme(url: str, cog_http: CogHTTP) -> None:
 
 
 def test_image_urls_at_loopback_are_refused_in_every_spelling_and_never_fetched(
-    url: str, cog_http: CogHTTP, recorder: Recorder
+    url: str, cog_http: CogHTTP, recorder: LoopbackPeer
 ) -> None:
     port = recorder.port
     spellings = [
@@ -225,7 +196,7 @@ def test_image_urls_at_loopback_are_refused_in_every_spelling_and_never_fetched(
     for (status, body), spelling in zip(results, spellings, strict=True):
         assert status == 200 and body["status"] == "failed", (spelling, body)
         assert error_code(body) in ("E1200", "E1201"), (spelling, body["error"])
-    assert recorder.hits == []
+    assert recorder.requested == []
     serves_normally(url, cog_http)
 
 
@@ -233,7 +204,7 @@ def test_image_urls_at_loopback_are_refused_in_every_spelling_and_never_fetched(
 
 
 def test_a_remote_ref_in_json_schema_is_refused_and_never_fetched(
-    url: str, cog_http: CogHTTP, recorder: Recorder, tmp_path: Path
+    url: str, cog_http: CogHTTP, recorder: LoopbackPeer, tmp_path: Path
 ) -> None:
     secret = tmp_path / "secret.json"
     secret.write_text(json.dumps({"const": "TOP-SECRET-7d1f"}))
@@ -255,7 +226,7 @@ def test_a_remote_ref_in_json_schema_is_refused_and_never_fetched(
             assert "json_schema" in body["error"]
             assert "TOP-SECRET" not in json.dumps(body)
             assert body["metrics"]["output_token_count"] == 0  # refused before generating
-    assert recorder.hits == []
+    assert recorder.requested == []
     serves_normally(url, cog_http)
 
 
@@ -366,8 +337,10 @@ def test_a_burst_of_large_images_waits_for_memory_and_gives_it_back(url: str, co
         assert_succeeded(status, body, max_new_tokens=2)
     assert wait_ready(url) == "READY"
     after = rss_bytes(pid)
+    print(f"burst: peak +{(peak - baseline) / MIB:.0f} MiB, after +{(after - baseline) / MIB:.0f} MiB")
     # Four requests at once would hold four times one request's images; the budget lets one in at a time.
-    assert peak - baseline < (BUDGET_MB + 600) * MIB, f"peak grew {(peak - baseline) / MIB:.0f} MiB"
+    # Measured on the 2-core dev VM: +478 MiB with the budget, +1749 MiB with it lifted.
+    assert peak - baseline < 1000 * MIB, f"peak grew {(peak - baseline) / MIB:.0f} MiB"
     # And the memory goes back: glibc's heap would otherwise keep gigabytes after the burst.
     assert after - baseline < 300 * MIB, f"{(after - baseline) / MIB:.0f} MiB stayed after the burst"
 
