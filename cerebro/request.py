@@ -6,7 +6,7 @@ its `Input(ge=..., le=...)` from them, so the generated OpenAPI schema agrees) a
 which runs inside `run()` because a Cog server started without a schema validates nothing.
 
 Model-agnostic: prompt layout (image tags, chat template) belongs to the adapter. Not here: image
-decoding (cerebro/utils.py), Cog types, tensors.
+decoding (cerebro/utils/images.py), Cog types, tensors.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ OUTCOMES = ("succeeded", "422", "E1xxx", "E2xxx", "uncoded", "hang", "other-http
 FLAGS = ("leaky", "unexpected", "fetched")
 BAD = ("E2xxx", "uncoded", "hang")
 # Cerebro's code is the first E#### right after an exception type name:
-# "Prediction failed: Async prediction failed: ImageError: E1103 ImageError: ..."
+# "Prediction failed: Async prediction failed: ImageError: E1103 image cannot be decoded ..."
 CODE_RE = re.compile(r"\b[A-Za-z_]\w*: (E\d{4})\b")
 LEAK_RE = re.compile(r'Traceback|File "|\.py|/site-packages/|\.cc:')
 MAX_MESSAGE_CHARS = 2000

@@ -2,7 +2,7 @@
 """Cerebro's predictor behind the real Cog server (coglet), over real HTTP, on a tiny random-weight model.
 
 What a caller of a deployed Cerebro sees: a prediction with its metrics, 422 for inputs the schema refuses,
-failed predictions carrying Cerebro's error codes ("E1103 ImageError: ..."), constrained JSON, server-sent
+failed predictions carrying Cerebro's error codes ("ImageError: E1103 ..."), constrained JSON, server-sent
 events, cancel of an async prediction, and a server that stays healthy through a run of mixed requests. The
 tiny model's answers are meaningless text: these tests check shapes, codes and health, never words.
 

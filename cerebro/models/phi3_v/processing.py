@@ -11,7 +11,7 @@ token can come out of them (TextOnlyEncoder); only the template and the image ta
 
 The tokenizer is loaded explicitly from tokenizer.json as a fast tokenizer; the folder's `auto_map`
 entries (remote code) are never followed. Not here: the chat template's content (it ships with the
-tokenizer), the model, or where images come from (cerebro/utils.py).
+tokenizer), the model, or where images come from (cerebro/utils/images.py).
 """
 
 from __future__ import annotations
