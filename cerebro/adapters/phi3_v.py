@@ -27,6 +27,7 @@ from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
 from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag, render_chat
+from cerebro.models.phi3_v.weights import resolve_attention
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
 from cerebro.structured import JsonSchemaCompiler, validate_output
@@ -144,9 +145,13 @@ class Phi3VAdapter(ModelAdapter):
     @classmethod
     def load(cls, settings: Settings) -> Phi3VAdapter:
         device, dtype = resolve_device_and_dtype(settings)
+        try:
+            attention = resolve_attention(settings.attention)
+        except ValueError as err:  # a deployment setting, not a broken model: say which variable
+            raise ConfigError(f"CEREBRO_ATTENTION: {err}", field="CEREBRO_ATTENTION") from None
         started = time.perf_counter()
         model = Phi3VForCausalLM.from_pretrained(
-            settings.model_dir, torch_dtype=dtype, attn_implementation=settings.attention, device=device
+            settings.model_dir, torch_dtype=dtype, attn_implementation=attention, device=device
         )
         loaded = time.perf_counter()
         if not (settings.model_dir / "tokenizer.json").is_file():

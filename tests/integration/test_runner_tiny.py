@@ -25,6 +25,7 @@ from PIL import Image
 from cerebro.adapters.phi3_v import Phi3VAdapter
 from cerebro.errors import (
     CapacityError,
+    ConfigError,
     ImageError,
     InputError,
     PromptError,
@@ -491,3 +492,16 @@ def test_missing_tokenizer_is_a_coded_weights_error_at_setup(tiny_model_dir: Pat
     with pytest.raises(WeightsError, match=r"^E2012 ") as info:
         _setup(broken)
     assert "tokenizer.json" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CEREBRO_ATTENTION", "fast"), ("CEREBRO_DTYPE", "float8"), ("CEREBRO_ENGINE", "turbo")],
+)
+def test_a_bad_deployment_setting_is_a_config_error_naming_it(
+    tiny_model_dir: Path, variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"^E2001 ") as info:
+        _setup(tiny_model_dir, **{variable: value})
+    assert info.value.field == variable
+    assert not info.value.is_caller_error
