@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
@@ -31,6 +32,31 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.0
     seed: int = 0
+
+
+class FinishReason(StrEnum):
+    """Why a request's generation ended (GenerationStats.finish_reason, the engines' streams)."""
+
+    STOP = "stop"  # a stop token, or a JSON constraint whose value is complete
+    LENGTH = "length"  # max_new_tokens
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+def finish_after(
+    token: int,
+    count: int,
+    *,
+    stop_ids: frozenset[int],
+    constraint: LogitsConstraint | None,
+    max_new_tokens: int,
+) -> FinishReason | None:
+    """The one stop rule, for every engine: after the `count`-th new token, is the request done?"""
+    if token in stop_ids or (constraint is not None and constraint.is_finished()):
+        return FinishReason.STOP
+    if count >= max_new_tokens:
+        return FinishReason.LENGTH
+    return None
 
 
 class LogitsConstraint(Protocol):
@@ -100,7 +126,7 @@ def generate_tokens(
     with torch.inference_mode():
         out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
         image_embeds = getattr(out, "image_embeds", None)
-        for _ in range(max_new_tokens):
+        for count in range(1, max_new_tokens + 1):
             if cancel is not None and cancel.is_set():
                 return
             logits = out.logits[0, -1].float()
@@ -110,7 +136,9 @@ def generate_tokens(
             if constraint is not None:
                 constraint.accept(token)
             yield token
-            if token in stop_ids or (constraint is not None and constraint.is_finished()):
+            if finish_after(
+                token, count, stop_ids=stop_ids, constraint=constraint, max_new_tokens=max_new_tokens
+            ):
                 return
             sequence.append(token)
             seen = torch.cat([seen, torch.tensor([token], device=device)])

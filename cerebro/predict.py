@@ -37,6 +37,7 @@ from cog import AsyncConcatenateIterator, BaseRunner, Input, concurrent, streami
 from cerebro import budget
 from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
 from cerebro.errors import CerebroError, GenerationError, ImageError, ServerError, WeightsError
+from cerebro.generation import FinishReason
 from cerebro.request import LIMITS, build_request
 from cerebro.settings import Settings
 from cerebro.utils import (
@@ -245,7 +246,7 @@ class Predictor(BaseRunner):
                 prepared = await asyncio.to_thread(self._prepare, inputs, sources, stats, cancel)
             except asyncio.CancelledError:
                 cancel.set()  # the thread stops at its next step and nothing reaches the engine
-                stats.finish_reason = "cancelled"
+                stats.finish_reason = FinishReason.CANCELLED
                 raise
             async for piece in self.adapter.astream(prepared, stats):
                 yield piece

@@ -71,12 +71,13 @@ class GenerationRequest:
     prompt: str
     images: tuple[Image.Image, ...]
     system_prompt: str | None = None
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    # LIMITS owns these defaults (and the Cog inputs' defaults come from it too).
+    max_new_tokens: int = int(LIMITS["max_new_tokens"].default or 0)
+    temperature: float = float(LIMITS["temperature"].default or 0.0)  # 0 = greedy
+    top_p: float = float(LIMITS["top_p"].default or 0.0)
+    top_k: int = int(LIMITS["top_k"].default or 0)  # 0 = no top-k filter
+    repetition_penalty: float = float(LIMITS["repetition_penalty"].default or 0.0)
+    seed: int | None = None  # None = drawn per request (and logged)
     num_crops: int | None = None  # None = the adapter's default for this many images
     json_schema: dict[str, Any] | None = None
 

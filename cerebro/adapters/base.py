@@ -35,7 +35,7 @@ class GenerationStats:
     output_token_count: int = 0
     time_to_first_token: float | None = None  # seconds, from request start (preprocessing included)
     tokens_per_second: float | None = None  # decode rate after the first token
-    finish_reason: str = ""  # "stop" (a stop token), "length" (max_new_tokens), "cancelled"
+    finish_reason: str = ""  # a generation.FinishReason (a str) once the request ends
     seed: int | None = None  # the seed actually used, so a sampled answer can be reproduced
 
 

@@ -23,7 +23,7 @@ import torch
 from cerebro.adapters.base import Capabilities, GenerationStats, ModelAdapter
 from cerebro.engine import Engine, Job, PlainEngine, build_engine
 from cerebro.errors import ConfigError, PromptError, WeightsError
-from cerebro.generation import IncrementalDecoder, Sampler, SamplingParams
+from cerebro.generation import FinishReason, IncrementalDecoder, Sampler, SamplingParams
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
 from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag, render_chat
@@ -105,7 +105,7 @@ class Transcript:
             stats.tokens_per_second = (stats.output_token_count - 1) / max(
                 time.perf_counter() - self.first_at, 1e-9
             )
-        if self.json_schema is not None and finish_reason != "cancelled":
+        if self.json_schema is not None and finish_reason != FinishReason.CANCELLED:
             validate_output("".join(self.text), self.json_schema, self.max_new_tokens)
         return tail
 

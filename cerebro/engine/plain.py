@@ -15,7 +15,7 @@ from typing import Any
 
 from cerebro.engine.scheduler import Job
 from cerebro.errors import ServerError
-from cerebro.generation import generate_tokens
+from cerebro.generation import FinishReason, finish_after, generate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +48,31 @@ class PlainEngine:
 
     def _run(self, job: Job) -> None:
         if job.stream.cancelled:
-            job.stream.finish("cancelled")
+            job.stream.finish(FinishReason.CANCELLED)
             return
         inputs = {"input_ids": job.input_ids}
         if job.pixel_values is not None and job.image_sizes is not None:
             inputs.update(pixel_values=job.pixel_values, image_sizes=job.image_sizes)
-        reason, count = "length", 0
-        for token in generate_tokens(
-            self.model,
-            inputs,
-            max_new_tokens=job.max_new_tokens,
-            sampler=job.sampler,
-            stop_ids=job.stop_ids,
-            constraint=job.constraint,
-            cancel=job.stream.cancel_event,
+        reason: FinishReason | None = None
+        for count, token in enumerate(
+            generate_tokens(
+                self.model,
+                inputs,
+                max_new_tokens=job.max_new_tokens,
+                sampler=job.sampler,
+                stop_ids=job.stop_ids,
+                constraint=job.constraint,
+                cancel=job.stream.cancel_event,
+            ),
+            start=1,
         ):
-            count += 1
             job.stream.put(token)
-            if token in job.stop_ids or (job.constraint is not None and job.constraint.is_finished()):
-                reason = "stop"
-        cut_short = job.stream.cancelled and reason != "stop" and count < job.max_new_tokens
-        job.stream.finish("cancelled" if cut_short else reason)
+            reason = finish_after(
+                token,
+                count,
+                stop_ids=job.stop_ids,
+                constraint=job.constraint,
+                max_new_tokens=job.max_new_tokens,
+            )
+        # No reason: the loop ended before a stop or the length limit, which only a cancel does.
+        job.stream.finish(reason or (FinishReason.CANCELLED if job.stream.cancelled else FinishReason.LENGTH))

@@ -37,7 +37,7 @@ from cerebro.engine.kv_cache import RowKVCache
 from cerebro.engine.runner import ModelRunner
 from cerebro.engine.stream import TokenStream
 from cerebro.errors import CapacityError, ServerError
-from cerebro.generation import LogitsConstraint, Sampler
+from cerebro.generation import FinishReason, LogitsConstraint, Sampler, finish_after
 from cerebro.utils.logs import OPERATOR_LOGGER
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Engine:
 
     def _admit(self, job: Job) -> None:
         if job.stream.cancelled or job.max_new_tokens < 1:
-            job.stream.finish("cancelled" if job.stream.cancelled else "length")
+            job.stream.finish(FinishReason.CANCELLED if job.stream.cancelled else FinishReason.LENGTH)
             return
         row = len(self._running)
         try:
@@ -206,7 +206,7 @@ class Engine:
 
     def _step(self) -> None:
         for job in [j for j in self._running if j.stream.cancelled]:
-            self._release(job, "cancelled")
+            self._release(job, FinishReason.CANCELLED)
         # LongRoPE: a row about to hold original_max + 1 tokens is re-encoded whole with the long factors.
         for job in [j for j in self._running if not j.long and self.runner.is_long(j.length + 1)]:
             sequence = torch.cat([job.input_ids, torch.tensor([job.generated])], dim=1)  # 1, length + 1
@@ -242,12 +242,17 @@ class Engine:
     def _emit(self, job: Job, token: int) -> None:
         job.generated.append(token)
         job.stream.put(token)
-        if token in job.stop_ids or (job.constraint is not None and job.constraint.is_finished()):
-            self._release(job, "stop")
-        elif len(job.generated) >= job.max_new_tokens:
-            self._release(job, "length")
+        reason = finish_after(
+            token,
+            len(job.generated),
+            stop_ids=job.stop_ids,
+            constraint=job.constraint,
+            max_new_tokens=job.max_new_tokens,
+        )
+        if reason is not None:
+            self._release(job, reason)
 
-    def _release(self, job: Job, reason: str) -> None:
+    def _release(self, job: Job, reason: FinishReason) -> None:
         self._free_row(job)
         job.stream.finish(reason)
 

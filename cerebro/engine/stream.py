@@ -3,7 +3,7 @@
 
 The engine calls `put(token)` for every new token, then exactly one of `finish(reason)` or
 `fail(error)`. A reader iterates token ids (`for` or `async for`); a failure is raised in the reader,
-and `finish_reason` says why the stream ended: "stop", "length", "cancelled" or "error".
+and `finish_reason` (a generation.FinishReason) says why the stream ended.
 
 Not here: text (the adapter decodes tokens), sampling (scheduler.py).
 """
@@ -16,6 +16,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from cerebro.generation import FinishReason
+
 _END = object()
 
 
@@ -24,7 +26,7 @@ class TokenStream:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_queue: asyncio.Queue[Any] | None = None
-        self.finish_reason = ""
+        self.finish_reason: FinishReason | str = ""  # "" while it runs
         self.cancel_event = threading.Event()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -54,12 +56,12 @@ class TokenStream:
     def put(self, token: int) -> None:
         self._deliver(token)
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: FinishReason) -> None:
         self.finish_reason = reason
         self._deliver(_END)
 
     def fail(self, error: BaseException) -> None:
-        self.finish_reason = "error"
+        self.finish_reason = FinishReason.ERROR
         self._deliver(error)
 
     # ------------------------------------------------------------------------- reader side
