@@ -476,22 +476,19 @@ def test_a_truncated_checkpoint_fails_with_a_weights_error_naming_the_file(
     assert "model.safetensors" in info.value.message
 
 
-def test_missing_safetensors_is_a_weights_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "no-weights"
+@pytest.mark.parametrize(
+    ("missing", "code", "named"),
+    [("model.safetensors", "E2010", "model.safetensors"), ("tokenizer.json", "E2012", "tokenizer.json")],
+)
+def test_a_missing_checkpoint_file_is_a_coded_weights_error_at_setup(
+    tiny_model_dir: Path, tmp_path: Path, missing: str, code: str, named: str
+) -> None:
+    broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
-    (broken / "model.safetensors").unlink()
-    with pytest.raises(WeightsError, match=r"^E2010 ") as info:
+    (broken / missing).unlink()
+    with pytest.raises(WeightsError, match=rf"^{code} ") as info:
         _setup(broken)
-    assert str(broken) in info.value.message
-
-
-def test_missing_tokenizer_is_a_coded_weights_error_at_setup(tiny_model_dir: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "no-tokenizer"
-    shutil.copytree(tiny_model_dir, broken)
-    (broken / "tokenizer.json").unlink()
-    with pytest.raises(WeightsError, match=r"^E2012 ") as info:
-        _setup(broken)
-    assert "tokenizer.json" in info.value.message
+    assert str(broken) in info.value.message and named in info.value.message
 
 
 @pytest.mark.parametrize(
