@@ -396,11 +396,7 @@ def gen_image_paths(rng: random.Random, ctx: Ctx) -> Case:
         "javascript:alert(1)",
         f"gopher://127.0.0.1:{ctx.canary_port}/_canary/{ctx.index}",
     ]
-    path = rng.choice(paths)
-    if rng.random() < 0.3:
-        inp = base(ctx, rng, image=OMIT, images=[small_png(rng), path], prompt="Compare.")
-        return Case("image_paths", f"images[1]={short(path)}", inp, expect="refuse")
-    return Case("image_paths", f"image={short(path)}", base(ctx, rng, image=path), expect="refuse")
+    return refused_source(rng, ctx, "image_paths", rng.choice(paths), short)
 
 
 def gen_image_urls(rng: random.Random, ctx: Ctx) -> Case:
@@ -439,10 +435,18 @@ def gen_image_urls(rng: random.Random, ctx: Ctx) -> Case:
         url = ctx.canary(rng.choice(canary_hosts), rng.choice(("http", "http", "https")))
     else:
         url = rng.choice(other)
+    return refused_source(rng, ctx, "image_urls", url, str)
+
+
+def refused_source(
+    rng: random.Random, ctx: Ctx, family: str, source: str, show: Callable[[str], str]
+) -> Case:
+    """A source the server must refuse, as `image` or (three times in ten) second in `images` beside a
+    valid PNG, so the refusal is checked for list positions too."""
     if rng.random() < 0.3:
-        inp = base(ctx, rng, image=OMIT, images=[small_png(rng), url], prompt="Compare.")
-        return Case("image_urls", f"images[1]={url}", inp, expect="refuse")
-    return Case("image_urls", f"image={url}", base(ctx, rng, image=url), expect="refuse")
+        inp = base(ctx, rng, image=OMIT, images=[small_png(rng), source], prompt="Compare.")
+        return Case(family, f"images[1]={show(source)}", inp, expect="refuse")
+    return Case(family, f"image={show(source)}", base(ctx, rng, image=source), expect="refuse")
 
 
 def gen_image_data(rng: random.Random, ctx: Ctx) -> Case:
