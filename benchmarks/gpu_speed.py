@@ -65,8 +65,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script from anywhere, witho
 
 from benchmarks.machine import cpu_name  # noqa: E402
 from cerebro.engine import Engine, Job, TokenStream  # noqa: E402
-from cerebro.engine.kv_cache import RowKVCache  # noqa: E402
-from cerebro.engine.runner import SPAN_QUANTUM  # noqa: E402
+from cerebro.engine.decoder import DecoderShape  # noqa: E402
+from cerebro.engine.forward import SPAN_QUANTUM  # noqa: E402
+from cerebro.families.phi3_v import phi3v_decoder  # noqa: E402
 from cerebro.generation import Sampler, SamplingParams  # noqa: E402
 from cerebro.models.phi3_v import (  # noqa: E402
     Phi3VConfig,
@@ -366,8 +367,7 @@ def engine_request(
     device = engine.device
     job = Job(
         input_ids=inputs["input_ids"],
-        pixel_values=inputs["pixel_values"],
-        image_sizes=inputs["image_sizes"],
+        extras={"pixel_values": inputs["pixel_values"], "image_sizes": inputs["image_sizes"]},
         max_new_tokens=new_tokens,
         sampler=Sampler(SamplingParams(), device),
         stop_ids=frozenset(),
@@ -571,7 +571,7 @@ def plan(args: argparse.Namespace) -> int:
     config = load_config("full")
     model = meta_model(config, torch.bfloat16)
     weights = decoder_weight_bytes(model)
-    kv = RowKVCache.bytes_per_token(config, torch.bfloat16)
+    kv = DecoderShape.from_config(config).bytes_per_token(torch.bfloat16)
     prep = Preprocess(shared_dir() / "fixtures" / "phi35v-real-config", config, synthetic_jpeg(args.seed))
     print("Phi-3.5-vision, bf16, built on the meta device (no storage)")
     print(f"  all parameters                 {param_bytes(model) / 1e9:8.3f} GB")
@@ -636,13 +636,13 @@ def run_cerebro(
     rows = args.concurrent if "S3" in args.scenarios else 1
     capacity = -(-(max_prompt + n) // SPAN_QUANTUM) * SPAN_QUANTUM
     started = time.perf_counter()
-    engine = Engine(model, rows=rows, capacity=capacity, cuda_graphs=True)
+    engine = Engine(phi3v_decoder(model), rows=rows, capacity=capacity, cuda_graphs=True)
     sync(ctx.device)
     setup.update(engine_alloc_s=time.perf_counter() - started, rows=rows, capacity_tokens=capacity)
     setup["kv_cache_gb"] = engine.cache.nbytes / 1e9
     try:
         graphs, graphs_s = engine.capture_graphs()
-        setup.update(graph_capture_s=graphs_s, graph_count=graphs, cuda_graphs=engine.runner.cuda_graphs)
+        setup.update(graph_capture_s=graphs_s, graph_count=graphs, cuda_graphs=engine.forward.cuda_graphs)
         started = time.perf_counter()
         for crops in sorted({NUM_CROPS[s] for s in args.scenarios}):
             engine_request(engine, prep, crops, n)
@@ -750,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "copy_bandwidth_note": "CPU memcpy (smoke), not a GPU figure" if smoke else "dst.copy_(src), 1 GiB",
         "decoder_weight_bytes_per_step": decoder_weight_bytes(model),
-        "kv_bytes_per_token": RowKVCache.bytes_per_token(config, dtype),
+        "kv_bytes_per_token": DecoderShape.from_config(config).bytes_per_token(dtype),
         "question_tokens": QUESTION_TOKENS,
         "image": f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} synthetic JPEG q90, decoded inside the timing",
     }

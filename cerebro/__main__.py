@@ -1,14 +1,17 @@
 # Written with AI assistance; review before relying on it.
-"""The `cerebro` command (also `python -m cerebro`): serve, predict, tiny-model.
+"""The `cerebro` command (also `python -m cerebro`): serve, predict, tiny-model, cog-yaml.
 
     cerebro serve --model-dir DIR [--host 127.0.0.1] [--port 5000]
     cerebro predict (--model-dir DIR | --url http://HOST:PORT | --replicate OWNER/NAME[:VERSION])
                     --image FILE_OR_URL [--image ...] --prompt "..." [--json-schema FILE] [options]
-    cerebro tiny-model OUT_DIR --tokenizer-dir DIR    (DIR must hold tokenizer.json)
+    cerebro tiny-model OUT_DIR --tokenizer-dir DIR [--kind phi3_v|smolvlm|qwen2_vl|caption]
+                                                      (DIR must hold tokenizer.json)
+    cerebro cog-yaml OWNER/NAME --revision SHA [--env CEREBRO_NAME=VALUE ...] [--out cog.yaml]
 
 `predict` is one verb for every target: in-process on local weights, a self-hosted Cog container, or a
 model deployed on Replicate (token from REPLICATE_API_TOKEN). Argument parsing and dispatch only; the
-work is in cerebro/client.py, cerebro/serving.py, cerebro/predict.py and cerebro/models/phi3_v/tiny.py.
+work is in cerebro/client.py, cerebro/serving.py, cerebro/predict.py, cerebro/models/phi3_v/tiny.py and
+cerebro/models/tiny_hf.py.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cerebro import client
-from cerebro.errors import CerebroError, WeightsError
+from cerebro.errors import CerebroError, InputError, WeightsError
 
 RUNNER_REF = "cerebro/predict.py:Predictor"
+# Named here, not imported from tiny_hf: building the parser must not import transformers.
+TINY_KINDS = ("phi3_v", "smolvlm", "qwen2_vl", "caption")
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="image file, http(s) URL or data URI; repeat for several images",
     )
-    predict.add_argument("--prompt", required=True)
+    predict.add_argument("--prompt", default="", help="the question (optional for a captioning model)")
     predict.add_argument("--system-prompt")
     predict.add_argument("--json-schema", metavar="FILE", help="a JSON Schema file: the answer will validate")
     predict.add_argument("--max-new-tokens", type=int)
@@ -83,11 +88,31 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument(
         "--tokenizer-dir",
         required=True,
-        help="folder with tokenizer.json and tokenizer_config.json to copy (e.g. the real tokenizer)",
+        help="folder with tokenizer.json (e.g. the real tokenizer): copied for --kind phi3_v, with "
+        "tokenizer_config.json; the base of the tokenizer for the other kinds",
+    )
+    tiny.add_argument(
+        "--kind",
+        choices=TINY_KINDS,
+        default="phi3_v",
+        help="phi3_v (default): Phi-3.5-vision in the official layout; smolvlm (model_type idefics3), "
+        "qwen2_vl, caption (ViT + GPT-2): transformers-native folders with a tokenizer derived from DIR",
     )
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--num-crops", type=int, default=4)
-    tiny.add_argument("--shards", type=int, default=1)
+    tiny.add_argument("--num-crops", type=int, help="phi3_v only (default 4)")
+    tiny.add_argument("--shards", type=int, help="phi3_v only (default 1)")
+
+    recipe = verbs.add_parser("cog-yaml", help="write the cog.yaml that bakes a checkpoint into the image")
+    recipe.add_argument("model_id", metavar="OWNER/NAME", help="the checkpoint's Hugging Face repository")
+    recipe.add_argument("--revision", required=True, help="the commit to pin (40 hex characters)")
+    recipe.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="CEREBRO_NAME=VALUE",
+        help="a deployment setting baked into the image, e.g. CEREBRO_FAMILY=hf_vlm; repeatable",
+    )
+    recipe.add_argument("--out", default="-", help="file to write (default: standard output)")
     return parser
 
 
@@ -98,6 +123,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout, err: Te
             return _serve(args)
         if args.verb == "tiny-model":
             return _tiny_model(args, out, err)
+        if args.verb == "cog-yaml":
+            return _cog_yaml(args, out)
         return _predict(args, out, err)
     except CerebroError as error:
         print(f"error: {error.describe()}", file=err)
@@ -127,10 +154,48 @@ def _tiny_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except CerebroError as error:
         print(f"error: {error.describe()}", file=err)
         return client.EXIT_USAGE
+    if args.kind != "phi3_v":
+        return _tiny_hf_model(args, out)
     path = write_tiny_model(
-        args.out_dir, args.tokenizer_dir, seed=args.seed, num_crops=args.num_crops, shards=args.shards
+        args.out_dir,
+        args.tokenizer_dir,
+        seed=args.seed,
+        num_crops=4 if args.num_crops is None else args.num_crops,
+        shards=1 if args.shards is None else args.shards,
     )
     print(f"wrote a tiny random-weight model to {path} (its answers are meaningless text)", file=out)
+    return client.EXIT_OK
+
+
+def _tiny_hf_model(args: argparse.Namespace, out: TextIO) -> int:
+    """A transformers-native tiny model (--kind smolvlm, qwen2_vl or caption)."""
+    for flag, value in (("--num-crops", args.num_crops), ("--shards", args.shards)):
+        if value is not None:  # refused rather than ignored: the caller would not get what they asked for
+            raise InputError(
+                f"{flag} applies to --kind phi3_v only, not to --kind {args.kind}", field=flag, code="E1001"
+            )
+    from cerebro.models.tiny_hf import WRITERS
+
+    path = WRITERS[args.kind](args.out_dir, args.tokenizer_dir, seed=args.seed)
+    print(
+        f"wrote a tiny random-weight {args.kind} model to {path} (its answers are meaningless text)", file=out
+    )
+    return client.EXIT_OK
+
+
+def _cog_yaml(args: argparse.Namespace, out: TextIO) -> int:
+    from cerebro.deploy import cog_yaml
+
+    environment = dict(entry.partition("=")[::2] for entry in args.env)
+    try:
+        text = cog_yaml(args.model_id, args.revision, environment)
+    except ValueError as error:
+        raise InputError(str(error), field="cog-yaml", code="E1001") from None
+    if args.out == "-":
+        out.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out} for {args.model_id} at {args.revision}", file=out)
     return client.EXIT_OK
 
 

@@ -116,7 +116,8 @@ class GenerationError(ServerError):
 # specific code from here with `code=...` where the class default is too coarse.
 CODES: dict[str, str] = {
     "E1001": "an input is out of range or of the wrong type",
-    "E1010": "the prompt is empty",
+    "E1002": "an input the served model does not have (for example num_crops on a model without crops)",
+    "E1010": "the prompt is empty or not text",
     "E1011": "the prompt (with its image tokens) does not fit the context window",
     "E1012": "image tags in the prompt do not match the images (numbering, order, count)",
     "E1100": "no image given, or more images than the limit",
@@ -132,11 +133,13 @@ CODES: dict[str, str] = {
     "E1300": "the JSON schema is not valid JSON or not a valid JSON Schema",
     "E1301": "the JSON schema uses a feature the constrained decoder does not support",
     "E1302": "the JSON answer was cut off by max_new_tokens before it was complete",
+    "E1303": "a JSON schema was sent to a model that cannot constrain its answer (a captioner)",
     "E2000": "internal error",
     "E2001": "a deployment setting is not valid",
     "E2010": "model weights are missing",
     "E2011": "the checkpoint does not match the model configuration (missing or unexpected tensors)",
     "E2012": "a model or tokenizer folder is incomplete (no tokenizer.json) or a file in it does not load",
+    "E2013": "the checkpoint's model_type is not one Cerebro serves (the message lists those it does)",
     "E2020": "the request does not fit the KV-cache budget right now",
     "E2021": "the server is busy decoding other images; retry shortly",
     "E2030": "generation failed",

@@ -113,16 +113,24 @@ def generate_tokens(
     constraint: LogitsConstraint | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids (stop tokens included, then the loop ends). inputs: input_ids [1, L] and the
-    model's extra inputs (pixel_values, image_sizes). Batch size 1."""
+    """Yield new token ids (stop tokens included, then the loop ends). Batch size 1.
+
+    inputs: input_ids [1, L] and the model's other prefill inputs (pixel_values, ...), passed to the
+    first forward only. `model` is called like a transformers causal LM: model(input_ids=,
+    past_key_values=, use_cache=True, logits_to_keep=1, **extras) -> .logits; it may offer `new_cache()`
+    (an encoder-decoder's cache), else a DynamicCache is used. A LongRoPE model (Phi-3) re-encodes the
+    whole sequence once it reaches original_max + 1 tokens, reusing its `image_embeds`."""
     device = model.device
     input_ids = inputs["input_ids"].to(device)
-    extra = {k: v.to(device) for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}
+    # Batch size 1 has no padding: an all-ones attention_mask would only move SDPA off its causal kernel.
+    extra = {k: v.to(device) for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    new_cache = getattr(model, "new_cache", None) or (lambda: DynamicCache(config=model.config))
     original_max: int = getattr(model.config, "original_max_position_embeddings", None) or 0
-    longrope = model.config.rope_parameters.get("rope_type") == "longrope" and original_max > 0
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    longrope = rope.get("rope_type") == "longrope" and original_max > 0
     sequence = [int(t) for t in input_ids[0]]
     seen = input_ids[0][input_ids[0] >= 0]
-    cache = DynamicCache(config=model.config)
+    cache = new_cache()
     with torch.inference_mode():
         out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
         image_embeds = getattr(out, "image_embeds", None)
@@ -143,7 +151,7 @@ def generate_tokens(
             sequence.append(token)
             seen = torch.cat([seen, torch.tensor([token], device=device)])
             if longrope and len(sequence) == original_max + 1 and cache.get_seq_length() <= original_max:
-                cache = DynamicCache(config=model.config)
+                cache = new_cache()
                 full = torch.tensor([sequence], device=device)
                 out = model(
                     input_ids=full,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import os
 import secrets
@@ -36,9 +37,13 @@ from cog import AsyncConcatenateIterator, BaseRunner, Input, concurrent, streami
 
 from cerebro import budget
 from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
+
+# Predictions the server runs at once (cog.yaml's concurrency.max, written from the same constant). The
+# engine decodes up to CEREBRO_MAX_BATCH of them together; the rest wait in its queue, holding no KV cache.
+from cerebro.deploy import CONCURRENCY
 from cerebro.errors import CerebroError, GenerationError, ImageError, ServerError, WeightsError
 from cerebro.generation import FinishReason
-from cerebro.request import LIMITS, build_request
+from cerebro.request import LIMITS, build_request, check_capabilities
 from cerebro.settings import Settings
 from cerebro.utils import (
     OPERATOR_LOGGER,
@@ -53,10 +58,6 @@ from cerebro.utils import (
 log = logging.getLogger("cerebro.predict")
 operator_log = logging.getLogger(OPERATOR_LOGGER)  # tracebacks: the server's log, never a caller's
 
-# Predictions the server runs at once. The engine decodes up to CEREBRO_MAX_BATCH of them together; the
-# rest wait in its queue (cheaply: they hold no KV cache until admitted).
-CONCURRENCY = 32
-
 
 def _range(name: str) -> dict[str, Any]:
     limit = LIMITS[name]
@@ -65,15 +66,13 @@ def _range(name: str) -> dict[str, Any]:
 
 def run_inputs(**overrides: Any) -> dict[str, Any]:
     """Every input of `Predictor.run` with its default, for calling it in-process (outside a Cog server
-    the `Input(...)` defaults are declarations, not values). Overrides must name real inputs."""
-    inputs: dict[str, Any] = {
-        "prompt": "",
-        "image": None,
-        "images": None,
-        "system_prompt": "",
-        "json_schema": "",
+    the `Input(...)` defaults are declarations, not values). Read from run()'s own signature, so it
+    cannot drift from it; overrides must name real inputs."""
+    inputs = {
+        name: getattr(param.default, "default", param.default)  # Input(default=...) -> the value
+        for name, param in inspect.signature(Predictor.run).parameters.items()
+        if name != "self"
     }
-    inputs.update({name: limit.default for name, limit in LIMITS.items()})
     unknown = set(overrides) - set(inputs)
     if unknown:
         raise TypeError(f"run() has no inputs {sorted(unknown)}")
@@ -97,7 +96,7 @@ class Predictor(BaseRunner):
                 field="CEREBRO_MODEL_DIR",
                 code="E2010",
             )
-        adapter_class = get_adapter(self.settings.adapter)  # imports torch and transformers: seconds
+        adapter_class = get_adapter(self.settings.family)  # imports torch and transformers: seconds
         imported = time.perf_counter()
         self.adapter: ModelAdapter = adapter_class.load(self.settings)
         self.image_limits = ImageLimits(
@@ -204,10 +203,13 @@ class Predictor(BaseRunner):
                     deadline=deadline,
                 )
 
+            capabilities = self.adapter.capabilities
+            check_capabilities(inputs, capabilities)  # before any fetch: what this model cannot honour
             request = build_request(
                 image_sources=sources,
                 load_image=open_one,
-                max_images=min(self.settings.max_images, self.adapter.capabilities.max_images),
+                max_images=min(self.settings.max_images, capabilities.max_images),
+                prompt_required=capabilities.prompt_required,
                 **inputs,
             )
             pixels = sum(img.width * img.height for img in request.images)

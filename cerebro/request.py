@@ -61,6 +61,8 @@ LIMITS: dict[str, Limit] = {
     "seed": Limit(0, 2**32 - 1, None, integer=True),
     "num_crops": Limit(1, 16, None, integer=True),
 }
+# Inputs that only some model families honour (cerebro/families: Family.options).
+FAMILY_OPTIONS = frozenset({"num_crops", "system_prompt"})
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 MAX_SCHEMA_CHARS = 100_000
@@ -142,13 +144,15 @@ def build_request(
     max_images: int,
     system_prompt: str | None = None,
     json_schema: str | None = None,
+    prompt_required: bool = True,
     **numbers: Any,
 ) -> GenerationRequest:
     """Validate every input (cheap checks first, images last) and load the images.
 
     image_sources: (field name, source) pairs, e.g. ("image", path), ("images[0]", url).
     """
-    if not isinstance(prompt, str) or not prompt.strip():
+    prompt = "" if prompt is None else prompt
+    if not isinstance(prompt, str) or (prompt_required and not prompt.strip()):
         raise PromptError(
             "prompt is empty; describe what you want to know about the image(s)", field="prompt", code="E1010"
         )
@@ -180,3 +184,24 @@ def build_request(
         )
     images = tuple(load_image(source, field) for field, source in image_sources)
     return GenerationRequest(prompt=prompt, images=images, system_prompt=system, json_schema=schema, **values)
+
+
+def check_capabilities(inputs: dict[str, Any], capabilities: Any) -> None:
+    """Refuse, before any work, what the served model cannot honour: an option only other families have
+    (E1002, the field named) or a JSON schema for a model without constrained decoding (E1303).
+
+    inputs: the raw runner inputs; capabilities: the adapter's (cerebro.adapters.Capabilities)."""
+    for name in sorted(FAMILY_OPTIONS - set(capabilities.options)):
+        if inputs.get(name) not in (None, ""):
+            raise InputError(
+                f"{name} is not an option of the model this server runs; leave it empty",
+                field=name,
+                code="E1002",
+            )
+    schema = inputs.get("json_schema")
+    if not capabilities.json_schema and isinstance(schema, str) and schema != "":
+        raise SchemaError(
+            "this model cannot constrain its answer to a JSON schema; leave json_schema empty",
+            field="json_schema",
+            code="E1303",
+        )

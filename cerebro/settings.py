@@ -7,7 +7,7 @@ environment variables. Nothing in this module runs at import time.
 | variable | default | meaning |
 | --- | --- | --- |
 | CEREBRO_MODEL_DIR | /model-cache | folder with the checkpoint (baked into the image by cog.yaml) |
-| CEREBRO_ADAPTER | phi3_v | which model adapter serves requests (cerebro/adapters) |
+| CEREBRO_FAMILY | auto | model family: auto (from config.json's model_type), phi3_v, hf_vlm or caption |
 | CEREBRO_DEVICE | cuda if available, else cpu | torch device |
 | CEREBRO_DTYPE | auto | auto = bfloat16 on GPUs that support it, float16 on other GPUs, float32 on CPU |
 | CEREBRO_ATTENTION | sdpa | sdpa, eager or flash_attention_2 |
@@ -48,7 +48,7 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 @dataclass(frozen=True)
 class Settings:
     model_dir: Path = Path(DEFAULT_MODEL_DIR)
-    adapter: str = "phi3_v"
+    family: str = "auto"  # cerebro/families owns the names
     device: str = ""  # empty = choose at load time (cuda if available)
     dtype: str = "auto"
     attention: str = "sdpa"
@@ -104,7 +104,7 @@ class Settings:
             )
         return cls(
             model_dir=Path(text("CEREBRO_MODEL_DIR", str(d.model_dir))),
-            adapter=text("CEREBRO_ADAPTER", d.adapter),
+            family=text("CEREBRO_FAMILY", d.family),
             device=env.get("CEREBRO_DEVICE", d.device).strip(),
             dtype=text("CEREBRO_DTYPE", d.dtype),
             attention=text("CEREBRO_ATTENTION", d.attention),

@@ -4,8 +4,8 @@
 An adapter declares its capabilities and turns a validated `GenerationRequest` into a stream of text
 pieces in two steps (`prepare`, then `stream` or `astream` for the async runner), filling
 `GenerationStats` as it goes. The
-runner (predict.py) never branches on a model name; serving another model means one new adapter
-module and one line in cerebro/adapters/__init__.py.
+runner (predict.py) never branches on a model name. Cerebro's one real adapter is the serving core
+(cerebro/core.py), which serves every model family (cerebro/families); tests register fakes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class Capabilities:
     json_schema: bool  # constrained decoding to a JSON Schema
     streaming: bool  # yields text while generating
     max_context_tokens: int  # prompt (image tokens included) + new tokens
+    options: frozenset[str] = frozenset()  # optional request inputs it honours (e.g. num_crops)
+    min_images: int = 1
+    prompt_required: bool = True
 
 
 @dataclass

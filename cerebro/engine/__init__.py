@@ -1,8 +1,10 @@
 # Written with AI assistance; review before relying on it.
 """Generation engines: how requests share the model.
 
-    Engine       continuous batching over a static row KV cache, CUDA graphs on a GPU (the default)
-    PlainEngine  one request at a time through generation.generate_tokens (CEREBRO_ENGINE=plain)
+    Engine       continuous batching over a static row KV cache, CUDA graphs on a GPU (the default);
+                 drives a family's `Decoder` (decoder.py)
+    PlainEngine  one request at a time through generation.generate_tokens (CEREBRO_ENGINE=plain, and
+                 families without a Decoder)
 
 Both take a `Job` and stream its tokens through the job's `TokenStream`. `build_engine` sizes the
 batching engine from the settings: how many rows (requests decoded together) and how many tokens each
@@ -18,15 +20,25 @@ from typing import Any
 
 import torch
 
-from cerebro.engine.kv_cache import RowKVCache
+from cerebro.engine.decoder import Decoder, DecoderShape
+from cerebro.engine.forward import SPAN_QUANTUM
 from cerebro.engine.plain import PlainEngine
-from cerebro.engine.runner import SPAN_QUANTUM
 from cerebro.engine.scheduler import Engine, Job
 from cerebro.engine.stream import TokenStream
 from cerebro.errors import CapacityError
 from cerebro.settings import Settings
 
-__all__ = ["Engine", "Geometry", "Job", "PlainEngine", "TokenStream", "build_engine", "plan_geometry"]
+__all__ = [
+    "Decoder",
+    "DecoderShape",
+    "Engine",
+    "Geometry",
+    "Job",
+    "PlainEngine",
+    "TokenStream",
+    "build_engine",
+    "plan_geometry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,7 @@ class Geometry:
 
 
 def plan_geometry(
-    config: Any,
+    shape: DecoderShape,
     dtype: torch.dtype,
     device: torch.device,
     *,
@@ -54,7 +66,7 @@ def plan_geometry(
 ) -> Geometry:
     """Rows and row capacity. max_batch / kv_cache_tokens of 0 mean "choose": 16 rows on a GPU (1 on
     CPU), and a budget of the GPU memory free after the weights minus headroom (4 GiB of RAM on CPU)."""
-    per_token = RowKVCache.bytes_per_token(config, dtype)
+    per_token = shape.bytes_per_token(dtype)
     rows = max_batch or (GPU_ROWS if device.type == "cuda" else CPU_ROWS)
     if kv_cache_tokens:
         budget = kv_cache_tokens
@@ -93,13 +105,17 @@ def _available_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def build_engine(model: Any, settings: Settings) -> Engine | PlainEngine:
-    if settings.engine == "plain":
-        return PlainEngine(model)
+def build_engine(
+    settings: Settings, *, decoder: Decoder | None, plain_model: Any, max_positions: int
+) -> Engine | PlainEngine:
+    """The batching engine over `decoder`, or the plain engine over `plain_model` when the settings ask
+    for it or the family has no Decoder (see decoder.py)."""
+    if settings.engine == "plain" or decoder is None:
+        return PlainEngine(plain_model, capacity=max_positions)
     geometry = plan_geometry(
-        model.config,
-        model.dtype,
-        model.device,
+        decoder.shape,
+        decoder.dtype,
+        decoder.device,
         max_batch=settings.max_batch,
         kv_cache_tokens=settings.kv_cache_tokens,
         max_context_tokens=settings.max_context_tokens,
@@ -111,4 +127,4 @@ def build_engine(model: Any, settings: Settings) -> Engine | PlainEngine:
         geometry.rows * geometry.capacity * geometry.bytes_per_token / 1e9,
         geometry.budget_tokens,
     )
-    return Engine(model, rows=geometry.rows, capacity=geometry.capacity, cuda_graphs=settings.cuda_graphs)
+    return Engine(decoder, rows=geometry.rows, capacity=geometry.capacity, cuda_graphs=settings.cuda_graphs)

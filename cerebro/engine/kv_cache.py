@@ -47,13 +47,6 @@ class RowKVCache:
         self.row_index = torch.arange(rows, device=device)
         self._mode: tuple[Any, ...] = ("idle",)
 
-    @staticmethod
-    def bytes_per_token(config: Any, dtype: torch.dtype) -> int:
-        """Keys and values of one token in every layer (Phi-3.5-vision in bf16: 393,216 bytes)."""
-        head_dim = config.hidden_size // config.num_attention_heads
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * itemsize
-
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

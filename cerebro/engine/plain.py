@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class PlainEngine:
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.rows, self.capacity = 1, int(model.config.max_position_embeddings)
+    def __init__(self, model: Any, *, capacity: int) -> None:
+        self.model = model  # called as generation.generate_tokens expects (its docstring)
+        self.rows, self.capacity = 1, capacity
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.submitted = 0  # requests ever queued
         self._thread = threading.Thread(target=self._loop, name="cerebro-plain-engine", daemon=True)
@@ -50,9 +50,7 @@ class PlainEngine:
         if job.stream.cancelled:
             job.stream.finish(FinishReason.CANCELLED)
             return
-        inputs = {"input_ids": job.input_ids}
-        if job.pixel_values is not None and job.image_sizes is not None:
-            inputs.update(pixel_values=job.pixel_values, image_sizes=job.image_sizes)
+        inputs = {"input_ids": job.input_ids, **job.extras}
         reason: FinishReason | None = None
         for count, token in enumerate(
             generate_tokens(

@@ -12,7 +12,7 @@ stay contiguous (the last row moves into a freed one) so a step is always rows 0
 Budget: every row holds `capacity` tokens. A request needing more (prompt + max_new_tokens) is refused
 at submit with E2020; one that fits waits in the queue until a row is free.
 
-Failures: an exception in a request's prefill, LongRoPE re-encode or sampling fails that request; one
+Failures: an exception in a request's prefill, rotary re-encode or sampling fails that request; one
 in the batched decode forward fails the requests of that step. Either way their rows are freed and the
 loop goes on. Exceptions reach the
 reader unchanged (the runner translates them at the edge, e.g. CUDA out-of-memory -> E2031).
@@ -20,7 +20,7 @@ reader unchanged (the runner translates them at the edge, e.g. CUDA out-of-memor
 LongRoPE: a row whose sequence reaches original_max + 1 tokens is re-encoded whole with the long
 factors (reusing its image features), as the plain path does; the other rows are not affected.
 
-Not here: tensors of the forward pass (runner.py), text and stats (the adapter).
+Not here: tensors of the forward pass (forward.py), text and stats (the serving core).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
+from cerebro.engine.decoder import Decoder
+from cerebro.engine.forward import BatchForward
 from cerebro.engine.kv_cache import RowKVCache
-from cerebro.engine.runner import ModelRunner
 from cerebro.engine.stream import TokenStream
 from cerebro.errors import CapacityError, ServerError
 from cerebro.generation import FinishReason, LogitsConstraint, Sampler, finish_after
@@ -48,9 +49,8 @@ operator_log = logging.getLogger(OPERATOR_LOGGER)  # tracebacks: the server's lo
 class Job:
     """One request as the engine sees it: token ids, images, and how to sample and stop."""
 
-    input_ids: torch.Tensor  # [1, T]; negative ids are image-token positions
-    pixel_values: torch.Tensor | None
-    image_sizes: torch.Tensor | None
+    input_ids: torch.Tensor  # [1, T]; a family may mark image positions with negative ids
+    extras: dict[str, torch.Tensor]  # the family's other prefill inputs (pixel_values, ...), opaque here
     max_new_tokens: int
     sampler: Sampler
     stop_ids: frozenset[int]
@@ -59,9 +59,9 @@ class Job:
     # Engine state, owned by the engine thread.
     row: int = -1
     length: int = 0  # tokens in the cache
-    long: bool = False  # the cache was built with the long LongRoPE factors
+    variant: int = 0  # the rotary table the row's cache was built with (LongRoPE: 1 = long factors)
     generated: list[int] = field(default_factory=list)
-    image_embeds: torch.Tensor | None = None
+    reuse: Any = None  # what a re-encode may reuse from the prefill (image features)
     seen: torch.Tensor | None = None  # ids in the sequence, for the repetition penalty
 
     @property
@@ -94,18 +94,18 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model: Any, *, rows: int, capacity: int, cuda_graphs: bool) -> None:
-        config = model.config
+    def __init__(self, decoder: Decoder, *, rows: int, capacity: int, cuda_graphs: bool) -> None:
+        shape = decoder.shape
         self.cache = RowKVCache(
-            num_layers=config.num_hidden_layers,
+            num_layers=shape.num_layers,
             rows=rows,
-            kv_heads=config.num_key_value_heads,
+            kv_heads=shape.kv_heads,
             capacity=capacity,
-            head_dim=config.hidden_size // config.num_attention_heads,
-            dtype=model.dtype,
-            device=model.device,
+            head_dim=shape.head_dim,
+            dtype=decoder.dtype,
+            device=decoder.device,
         )
-        self.runner = ModelRunner(model, self.cache, cuda_graphs=cuda_graphs)
+        self.forward = BatchForward(decoder, self.cache, cuda_graphs=cuda_graphs)
         self.rows, self.capacity = rows, capacity
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []  # index = row
@@ -137,7 +137,7 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return self.runner.device
+        return self.forward.device
 
     def capture_graphs(self) -> tuple[int, float]:
         """Capture the decode CUDA graph of every (batch, span) bucket before serving (a no-op on CPU);
@@ -145,7 +145,7 @@ class Engine:
         with self._cond:
             if self._running or self._waiting:
                 raise RuntimeError("capture_graphs() while requests are running")
-            return self.runner.capture_all(self.capacity)
+            return self.forward.capture_all(self.capacity)
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) requests right now."""
@@ -191,28 +191,28 @@ class Engine:
             return
         row = len(self._running)
         try:
-            logits, job.image_embeds = self.runner.prefill(
-                row, job.input_ids, job.pixel_values, job.image_sizes
-            )
+            logits, job.reuse = self.forward.prefill(row, job.input_ids, job.extras)
             token = self._pick(job, logits)
         except BaseException as err:  # fails this request only; it holds no row yet
             job.stream.fail(err)
             self._after_failure(err)
             return
-        job.row, job.length, job.long = row, job.prompt_length, self.runner.is_long(job.prompt_length)
-        job.pixel_values = None  # the features live on in image_embeds; let the crops go
+        job.row, job.length, job.variant = row, job.prompt_length, self.forward.variant(job.prompt_length)
+        job.extras = {}  # the features live on in `reuse`; let the pixels go
         self._running.append(job)
         self._emit(job, token)
 
     def _step(self) -> None:
         for job in [j for j in self._running if j.stream.cancelled]:
             self._release(job, FinishReason.CANCELLED)
-        # LongRoPE: a row about to hold original_max + 1 tokens is re-encoded whole with the long factors.
-        for job in [j for j in self._running if not j.long and self.runner.is_long(j.length + 1)]:
+        # A row whose next token changes its rotary table (LongRoPE: original_max + 1 tokens) is re-encoded
+        # whole with the new table.
+        for job in [j for j in self._running if self.forward.variant(j.length + 1) != j.variant]:
             sequence = torch.cat([job.input_ids, torch.tensor([job.generated])], dim=1)  # 1, length + 1
             try:
-                logits, _ = self.runner.prefill(job.row, sequence, image_embeds=job.image_embeds)
-                job.length, job.long = int(sequence.shape[1]), True
+                logits, _ = self.forward.prefill(job.row, sequence, {}, job.reuse)
+                job.length = int(sequence.shape[1])
+                job.variant = self.forward.variant(job.length)
                 token = self._pick(job, logits)
             except BaseException as err:  # fails this request only
                 self._fail([job], err)
@@ -222,8 +222,8 @@ class Engine:
         if not running:
             return
         # A failure here (the forward itself) fails every request of the step: raised to _loop.
-        logits = self.runner.decode(
-            [j.generated[-1] for j in running], [j.length for j in running], [j.long for j in running]
+        logits = self.forward.decode(
+            [j.generated[-1] for j in running], [j.length for j in running], [j.variant for j in running]
         )  # n, V
         greedy = logits.argmax(dim=-1).tolist() if any(j.plain_greedy for j in running) else []
         for job in running:  # all before any _emit: a release moves rows, and must copy the new token too

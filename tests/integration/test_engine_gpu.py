@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from cerebro.engine import Engine, Job, TokenStream
+from cerebro.families.phi3_v import phi3v_decoder
 from cerebro.generation import Sampler, SamplingParams, generate_tokens
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 
@@ -45,7 +46,7 @@ def _requests(processor: Phi3VProcessor) -> list[dict[str, torch.Tensor]]:
 
 
 def _engine_tokens(model: Phi3VForCausalLM, requests: list[dict[str, torch.Tensor]], graphs: bool) -> list:
-    engine = Engine(model, rows=3, capacity=2048, cuda_graphs=graphs)
+    engine = Engine(phi3v_decoder(model), rows=3, capacity=2048, cuda_graphs=graphs)
     try:
         if graphs:
             count, _ = engine.capture_graphs()
@@ -56,8 +57,7 @@ def _engine_tokens(model: Phi3VForCausalLM, requests: list[dict[str, torch.Tenso
             engine.submit(
                 Job(
                     input_ids=inputs["input_ids"],
-                    pixel_values=inputs["pixel_values"],
-                    image_sizes=inputs["image_sizes"],
+                    extras={"pixel_values": inputs["pixel_values"], "image_sizes": inputs["image_sizes"]},
                     max_new_tokens=12 + 7 * k,  # rows leave at different steps
                     sampler=Sampler(SamplingParams(), CUDA),
                     stop_ids=frozenset(),

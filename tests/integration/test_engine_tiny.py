@@ -33,6 +33,7 @@ from PIL import Image
 
 from cerebro.engine import Engine, Job, PlainEngine, TokenStream
 from cerebro.errors import CapacityError, ServerError
+from cerebro.families.phi3_v import phi3v_decoder
 from cerebro.generation import LogitsConstraint, Sampler, SamplingParams, generate_tokens
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.tiny import write_tiny_model
@@ -130,8 +131,7 @@ class Req:
     def job(self) -> Job:
         return Job(
             input_ids=self.inputs["input_ids"],
-            pixel_values=self.inputs.get("pixel_values"),
-            image_sizes=self.inputs.get("image_sizes"),
+            extras={k: v for k, v in self.inputs.items() if k in ("pixel_values", "image_sizes")},
             max_new_tokens=self.max_new_tokens,
             sampler=Sampler(self.params, CPU),
             stop_ids=self.stop_ids,
@@ -202,7 +202,7 @@ def engines() -> Iterator[Callable[..., Engine]]:
     made: list[Engine | PlainEngine] = []
 
     def make(model: Phi3VForCausalLM, rows: int, capacity: int = 2048) -> Engine:
-        engine = Engine(model, rows=rows, capacity=capacity, cuda_graphs=False)
+        engine = Engine(phi3v_decoder(model), rows=rows, capacity=capacity, cuda_graphs=False)
         made.append(engine)
         return engine
 
@@ -627,7 +627,7 @@ def test_plain_engine_gives_generate_tokens_output_and_handles_cancel(
     long = Req(_chat(processor, "Go on."), 200)
     cancelled_early = Req(_chat(processor, "Never mind."), 10)
     expected = [r.plain(model) for r in (*reqs, long)]
-    engine = PlainEngine(model)
+    engine = PlainEngine(model, capacity=model.config.max_position_embeddings)
     try:
         assert engine.rows == 1 and engine.capacity == model.config.max_position_embeddings
         assert _run_all(engine, reqs) == expected[:2]

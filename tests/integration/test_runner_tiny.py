@@ -1,6 +1,7 @@
 # Written with AI assistance; review before relying on it.
 """The runner end to end on a tiny random-weight checkpoint: Predictor.setup() loads the real
-Phi3VAdapter through the real loader, and run() streams what the real engine generates.
+serving core with the Phi-3.5 family (chosen from config.json) through the real loader, and run()
+streams what the real engine generates.
 
 The model's answers are meaningless, but they are deterministic, so tests compare runs with each
 other and with transformers' own `generate`. Open-ended JSON strings and integers never end with
@@ -22,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cerebro.adapters.phi3_v import Phi3VAdapter
+from cerebro.core import ServingCore
 from cerebro.errors import (
     CapacityError,
     ConfigError,
@@ -32,6 +33,7 @@ from cerebro.errors import (
     SchemaError,
     WeightsError,
 )
+from cerebro.families.phi3_v import Phi3VFamily
 from cerebro.generation import Sampler, SamplingParams, generate_tokens
 from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
@@ -40,7 +42,7 @@ from cerebro.utils import load_image
 pytestmark = pytest.mark.fixtures
 
 CEREBRO_VARS = (
-    "CEREBRO_ADAPTER",
+    "CEREBRO_FAMILY",
     "CEREBRO_DEVICE",
     "CEREBRO_DTYPE",
     "CEREBRO_ATTENTION",
@@ -125,19 +127,20 @@ def _text(predictor: MetricsPredictor, **overrides: Any) -> str:
     return "".join(_pieces(predictor, **overrides))
 
 
-def _adapter(predictor: Predictor) -> Phi3VAdapter:
-    assert isinstance(predictor.adapter, Phi3VAdapter)  # the real adapter, from the real registry
+def _adapter(predictor: Predictor) -> ServingCore:
+    assert isinstance(predictor.adapter, ServingCore)  # the real serving core, from the real registry
+    assert isinstance(predictor.adapter.family, Phi3VFamily)  # chosen from config.json's model_type
     return predictor.adapter
 
 
 def _greedy_tokens(predictor: Predictor, request: GenerationRequest, stop_ids: frozenset[int]) -> list[int]:
     adapter = _adapter(predictor)
-    inputs = adapter.model_inputs(request)
+    inputs = adapter.family.model_inputs(request)
     sampler = Sampler(SamplingParams(temperature=0.0), adapter.model.device)
     return list(
         generate_tokens(
             adapter.model,
-            inputs,
+            {"input_ids": inputs.input_ids, **inputs.extras},
             max_new_tokens=request.max_new_tokens,
             sampler=sampler,
             stop_ids=stop_ids,
@@ -164,7 +167,7 @@ def test_streaming_pieces_concatenate_to_the_engines_answer(
     answer = [t for t in tokens if t not in adapter.stop_ids]
     assert "".join(pieces) == adapter.tokenizer.decode(answer, skip_special_tokens=True)
     assert predictor.metrics["output_token_count"] == len(tokens)
-    assert predictor.metrics["input_token_count"] == adapter.model_inputs(request)["input_ids"].shape[1]
+    assert predictor.metrics["input_token_count"] == adapter.family.model_inputs(request).input_ids.shape[1]
     assert predictor.metrics["time_to_first_token"] > 0
     assert predictor.metrics["tokens_per_second"] > 0
 
@@ -195,11 +198,16 @@ def test_engine_greedy_tokens_equal_transformers_generate(
     request = GenerationRequest(prompt="What is this?", images=images, max_new_tokens=16, num_crops=2)
     mine = _greedy_tokens(predictor, request, frozenset())
     model = _adapter(predictor).model
-    inputs = _adapter(predictor).model_inputs(request)
-    n_prompt = inputs["input_ids"].shape[1]
+    inputs = _adapter(predictor).family.model_inputs(request)
+    n_prompt = inputs.input_ids.shape[1]
     with torch.no_grad():
         ref = model.generate(
-            **inputs, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=32000
+            input_ids=inputs.input_ids,
+            **inputs.extras,
+            max_new_tokens=16,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=32000,
         )
     assert mine == ref[0, n_prompt:].tolist()
     assert len(mine) == 16

@@ -1,5 +1,6 @@
 # Written with AI assistance; review before relying on it.
-"""cog.yaml is valid for Cog and agrees with the rest of the project.
+"""cog.yaml is valid for Cog and agrees with the rest of the project, and so is every recipe
+`cerebro cog-yaml` writes for the other model families.
 
 `cog build` cannot run here (no Docker), so these checks stand in for it: the file validates against Cog's own
 JSON schema (read from the shared directory, never copied into the project) and repeats no fact differently
@@ -21,10 +22,20 @@ import jsonschema
 import pytest
 import yaml
 
+from cerebro.deploy import PHI35_VISION, PHI35_VISION_REVISION, cog_yaml
+from cerebro.settings import DEFAULT_MODEL_DIR
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COG_YAML = REPO_ROOT / "cog.yaml"
-WEIGHTS_REPO = "microsoft/Phi-3.5-vision-instruct"
-WEIGHTS_DIR = "/model-cache"
+WEIGHTS_REPO = PHI35_VISION
+WEIGHTS_DIR = DEFAULT_MODEL_DIR
+# One recipe per family, as a deployer would write them (the revisions of the last two are made up: these
+# tests check the recipe's shape, not the Hub).
+RECIPES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "phi3_v": (PHI35_VISION, PHI35_VISION_REVISION, {}),
+    "hf_vlm": ("HuggingFaceTB/SmolVLM-256M-Instruct", "a" * 40, {"CEREBRO_MAX_IMAGES": "4"}),
+    "caption": ("nlpconnect/vit-gpt2-image-captioning", "b" * 40, {"CEREBRO_FAMILY": "caption"}),
+}
 
 # The CUDA build of each torch release's Linux x86-64 wheel on PyPI, from the wheel's own metadata
 # (torch 2.13.0 requires cuda-toolkit==13.0.3 and nvidia-cudnn-cu13). Add a row when torch is bumped.
@@ -50,16 +61,59 @@ def requirement_pins() -> dict[str, str]:
     return pins
 
 
-def test_cog_yaml_validates_against_cogs_schema(config: dict[str, Any]) -> None:
+def _cog_schema() -> dict[str, Any]:
     schema_path = shared_dir() / "cog" / "config_schema_v1.0.json"
     if not schema_path.is_file():
         reason = f"Cog's cog.yaml schema not found at {schema_path} (set CEREBRO_SHARED_DIR)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    schema = json.loads(schema_path.read_text())
+    return dict(json.loads(schema_path.read_text()))
 
-    jsonschema.validate(config, schema, cls=jsonschema.Draft7Validator)
+
+def test_cog_yaml_validates_against_cogs_schema(config: dict[str, Any]) -> None:
+    jsonschema.validate(config, _cog_schema(), cls=jsonschema.Draft7Validator)
+
+
+def test_cog_yaml_is_the_generators_output_for_phi35() -> None:
+    """One recipe for every deployment: the committed file is exactly what `cerebro cog-yaml` writes."""
+    assert COG_YAML.read_text() == cog_yaml(PHI35_VISION, PHI35_VISION_REVISION)
+
+
+@pytest.mark.parametrize("family", sorted(RECIPES))
+def test_each_familys_recipe_is_valid_cog_and_pins_its_model(family: str) -> None:
+    model_id, revision, environment = RECIPES[family]
+    recipe = yaml.safe_load(cog_yaml(model_id, revision, environment))
+    jsonschema.validate(recipe, _cog_schema(), cls=jsonschema.Draft7Validator)
+    (step,) = recipe["build"]["run"]
+    argv = shlex.split(step)
+    assert argv[:3] == ["hf", "download", model_id]
+    assert argv[argv.index("--revision") + 1] == revision
+    assert argv[argv.index("--local-dir") + 1] == WEIGHTS_DIR
+    assert recipe.get("environment") == ([f"{k}={v}" for k, v in environment.items()] or None)
+    config = dict(yaml.safe_load(COG_YAML.read_text()))
+    for key in ("run", "concurrency"):
+        assert recipe[key] == config[key]
+    assert {k: v for k, v in recipe["build"].items() if k != "run"} == {
+        k: v for k, v in config["build"].items() if k != "run"
+    }
+
+
+@pytest.mark.parametrize(
+    ("model_id", "revision", "environment", "named"),
+    [
+        ("not a repo", "a" * 40, {}, "model id"),
+        ("owner/name", "main", {}, "revision"),
+        ("owner/name", "A" * 40, {}, "revision"),
+        ("owner/name", "a" * 40, {"PATH": "/tmp"}, "PATH"),
+        ("owner/name", "a" * 40, {"CEREBRO_FAMILY": 'x"\nrun: evil'}, "CEREBRO_FAMILY"),
+    ],
+)
+def test_the_generator_refuses_what_would_not_pin_or_would_inject(
+    model_id: str, revision: str, environment: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        cog_yaml(model_id, revision, environment)
 
 
 def test_python_version_is_the_projects(config: dict[str, Any]) -> None:
@@ -117,3 +171,20 @@ def test_concurrency_max_is_the_runners(config: dict[str, Any]) -> None:
     assert config["concurrency"]["max"] == CONCURRENCY
     assert Predictor.run.__cog_concurrent_max__ == CONCURRENCY  # type: ignore[attr-defined]
     assert CONCURRENCY > 1
+
+
+def test_the_cli_writes_the_same_recipe_and_refuses_a_branch(tmp_path: Path) -> None:
+    import io
+
+    from cerebro.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["cog-yaml", PHI35_VISION, "--revision", PHI35_VISION_REVISION], out=out, err=err) == 0
+    assert out.getvalue() == COG_YAML.read_text()
+    target = tmp_path / "cog.yaml"
+    argv = ["cog-yaml", "o/n", "--revision", "c" * 40, "--env", "CEREBRO_FAMILY=caption"]
+    argv += ["--out", str(target)]
+    assert main(argv, out=out, err=err) == 0
+    assert yaml.safe_load(target.read_text())["environment"] == ["CEREBRO_FAMILY=caption"]
+    assert main(["cog-yaml", "o/n", "--revision", "main"], out=out, err=err) == 2
+    assert err.getvalue().startswith("error: InputError: E1001 revision 'main' is not a 40-character")

@@ -1,7 +1,7 @@
 # Written with AI assistance; review before relying on it.
 """The parts of cerebro.engine on their own, without model files: span and batch buckets, the row KV
 cache (prefill and decode writes, views, row moves, sizes), plan_geometry and build_engine, the
-ModelRunner's per-row RoPE against transformers' rotary embedding (short and LongRoPE-long rows) and its
+BatchForward's per-row RoPE against transformers' rotary embedding (short and LongRoPE-long rows) and its
 batched decode against prefill on a tiny in-memory random model, and TokenStream (ordering, failures,
 cancel, asyncio delivery)."""
 
@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from cerebro.engine import Engine, PlainEngine, TokenStream, build_engine, plan_geometry
+from cerebro.engine.decoder import DecoderShape
+from cerebro.engine.forward import BatchForward, bucket_up, span_buckets
 from cerebro.engine.kv_cache import RowKVCache
-from cerebro.engine.runner import ModelRunner, bucket_up, span_buckets
 from cerebro.errors import CapacityError
+from cerebro.families.phi3_v import phi3v_decoder
 from cerebro.models.phi3_v.configuration import Phi3VConfig
 from cerebro.models.phi3_v.modeling import Phi3VForCausalLM
 from cerebro.models.phi3_v.tiny import random_model, tiny_config_dict
@@ -133,8 +135,10 @@ def test_update_outside_a_mode_and_bad_prefills_raise() -> None:
 
 
 def test_bytes_per_token_and_nbytes() -> None:
-    assert RowKVCache.bytes_per_token(REAL_CONFIG, torch.bfloat16) == REAL_BYTES_PER_TOKEN
-    assert RowKVCache.bytes_per_token(REAL_CONFIG, torch.float32) == 2 * REAL_BYTES_PER_TOKEN
+    shape = DecoderShape.from_config(REAL_CONFIG)
+    assert shape == DecoderShape(num_layers=32, kv_heads=32, head_dim=96)
+    assert shape.bytes_per_token(torch.bfloat16) == REAL_BYTES_PER_TOKEN
+    assert shape.bytes_per_token(torch.float32) == 2 * REAL_BYTES_PER_TOKEN
     assert _cache(rows=3, capacity=8).nbytes == 2 * 2 * (3 * 2 * 8 * 4) * 4  # K+V, layers, elements, fp32
 
 
@@ -143,7 +147,7 @@ def test_bytes_per_token_and_nbytes() -> None:
 
 def _geometry(**kwargs: int) -> object:
     args = {"max_batch": 0, "kv_cache_tokens": 0, "max_context_tokens": 131072, **kwargs}
-    return plan_geometry(REAL_CONFIG, torch.bfloat16, CPU, **args)
+    return plan_geometry(DecoderShape.from_config(REAL_CONFIG), torch.bfloat16, CPU, **args)
 
 
 def test_plan_geometry_with_explicit_rows_and_budget() -> None:
@@ -186,7 +190,7 @@ def test_plan_geometry_defaults_on_a_gpu_leave_headroom(monkeypatch: pytest.Monk
     gib = 1024**3
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * gib, 80 * gib))
     g = plan_geometry(
-        REAL_CONFIG,
+        DecoderShape.from_config(REAL_CONFIG),
         torch.bfloat16,
         torch.device("cuda", 0),
         max_batch=0,
@@ -197,7 +201,7 @@ def test_plan_geometry_defaults_on_a_gpu_leave_headroom(monkeypatch: pytest.Monk
     assert (g.rows, g.budget_tokens, g.capacity) == (16, 32768, 2048)
 
 
-# ------------------------------------------------------------------------------------------- ModelRunner
+# ------------------------------------------------------------------------------------------- BatchForward
 
 
 @pytest.fixture(scope="module")
@@ -210,41 +214,42 @@ def tiny_model() -> Phi3VForCausalLM:
     return random_model(config, seed=3)
 
 
-def _runner(model: Phi3VForCausalLM, rows: int = 4, capacity: int = 256) -> ModelRunner:
+def _runner(model: Phi3VForCausalLM, rows: int = 4, capacity: int = 256) -> BatchForward:
+    decoder = phi3v_decoder(model)
     cache = RowKVCache(
-        num_layers=model.config.num_hidden_layers,
+        num_layers=decoder.shape.num_layers,
         rows=rows,
-        kv_heads=model.config.num_key_value_heads,
+        kv_heads=decoder.shape.kv_heads,
         capacity=capacity,
-        head_dim=model.config.hidden_size // model.config.num_attention_heads,
+        head_dim=decoder.shape.head_dim,
         dtype=model.dtype,
         device=model.device,
     )
-    return ModelRunner(model, cache, cuda_graphs=True)  # True is ignored off a GPU
+    return BatchForward(decoder, cache, cuda_graphs=True)  # True is ignored off a GPU
 
 
 def test_runner_knows_when_a_row_is_long(tiny_model: Phi3VForCausalLM) -> None:
     runner = _runner(tiny_model)
     assert not runner.cuda_graphs and runner.capture_all(256) == (0, 0.0)
-    assert runner.original_max == ORIGINAL_MAX
-    assert not runner.is_long(ORIGINAL_MAX) and runner.is_long(ORIGINAL_MAX + 1)
-    assert not torch.equal(runner.short_inv_freq, runner.long_inv_freq)
+    assert runner.rotary.switch_after == ORIGINAL_MAX
+    assert runner.variant(ORIGINAL_MAX) == 0 and runner.variant(ORIGINAL_MAX + 1) == 1
+    assert not torch.equal(runner.rotary.tables[0], runner.rotary.tables[1])
     plain = random_model(Phi3VConfig(**tiny_config_dict(rope_scaling=None)))
-    assert not _runner(plain).is_long(10**6)
+    assert _runner(plain).variant(10**6) == 0 and len(_runner(plain).rotary.tables) == 1
 
 
 def test_rope_per_row_equals_transformers_rotary_embedding(tiny_model: Phi3VForCausalLM) -> None:
     """Row 0 short (40 positions), row 1 long (positions 60..99 of a 100-token sequence), in one call."""
     runner = _runner(tiny_model)
     positions = torch.stack([torch.arange(40), torch.arange(60, 100)])
-    cos, sin = runner.rope(positions, torch.tensor([False, True]))
+    cos, sin = runner.rotary.cos_sin(positions, torch.tensor([0, 1]), tiny_model.dtype)
     rotary = tiny_model.model.rotary_emb
     x = torch.zeros(1, 1, dtype=tiny_model.dtype)
     for row in (0, 1):
         ref_cos, ref_sin = rotary(x, positions[row : row + 1])  # max position + 1 picks short or long
         torch.testing.assert_close(cos[row : row + 1], ref_cos, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sin[row : row + 1], ref_sin, rtol=1e-5, atol=1e-6)
-    short_cos, _ = runner.rope(positions[1:], torch.tensor([False]))
+    short_cos, _ = runner.rotary.cos_sin(positions[1:], torch.tensor([0]), tiny_model.dtype)
     assert not torch.allclose(short_cos, cos[1:])  # the premise: the long factors change the row
 
 
@@ -253,7 +258,7 @@ def test_prefill_equals_the_models_own_forward(tiny_model: Phi3VForCausalLM) -> 
     gen = torch.Generator().manual_seed(4)
     for length in (20, ORIGINAL_MAX + 16):  # short, and long from the first token
         ids = torch.randint(100, 30000, (1, length), generator=gen)
-        logits, image_embeds = runner.prefill(1, ids)
+        logits, image_embeds = runner.prefill(1, ids, {})
         with torch.inference_mode():
             ref = tiny_model(input_ids=ids).logits[0, -1].float()
         assert image_embeds is None
@@ -266,11 +271,11 @@ def test_batched_decode_equals_prefill_of_the_longer_sequence_per_row(tiny_model
     runner = _runner(tiny_model, rows=4, capacity=256)
     gen = torch.Generator().manual_seed(5)
     seqs = [torch.randint(100, 30000, (1, n + 1), generator=gen) for n in (20, ORIGINAL_MAX + 30, 7)]
-    expected = [runner.prefill(3, s)[0] for s in seqs]  # row 3: the idle row of the batch below
+    expected = [runner.prefill(3, s, {})[0] for s in seqs]  # row 3: the idle row of the batch below
     for row, s in enumerate(seqs):
-        runner.prefill(row, s[:, :-1])
+        runner.prefill(row, s[:, :-1], {})
     n = [s.shape[1] - 1 for s in seqs]
-    logits = runner.decode([int(s[0, -1]) for s in seqs], n, [runner.is_long(k + 1) for k in n])
+    logits = runner.decode([int(s[0, -1]) for s in seqs], n, [runner.variant(k + 1) for k in n])
     assert logits.shape == (3, tiny_model.config.vocab_size)
     for row in range(3):
         torch.testing.assert_close(logits[row], expected[row], rtol=1e-4, atol=1e-5)
@@ -280,18 +285,24 @@ def test_batched_decode_equals_prefill_of_the_longer_sequence_per_row(tiny_model
 
 
 def test_build_engine_follows_the_settings(tiny_model: Phi3VForCausalLM) -> None:
-    plain = build_engine(tiny_model, Settings(engine="plain"))
-    batched = build_engine(
-        tiny_model, Settings(max_batch=2, kv_cache_tokens=1200, max_context_tokens=4096, cuda_graphs=True)
+    decoder = phi3v_decoder(tiny_model)
+    plain = build_engine(
+        Settings(engine="plain"), decoder=decoder, plain_model=tiny_model, max_positions=1024
     )
+    settings = Settings(max_batch=2, kv_cache_tokens=1200, max_context_tokens=4096, cuda_graphs=True)
+    batched = build_engine(settings, decoder=decoder, plain_model=tiny_model, max_positions=1024)
+    no_decoder = build_engine(settings, decoder=None, plain_model=tiny_model, max_positions=1024)
     try:
         assert isinstance(plain, PlainEngine)
         assert isinstance(batched, Engine) and (batched.rows, batched.capacity) == (2, 512)
         assert batched.cache.keys[0].shape == (2, 4, 512, 16)
-        assert not batched.runner.cuda_graphs  # on CPU
+        assert not batched.forward.cuda_graphs  # on CPU
+        assert isinstance(no_decoder, PlainEngine)  # a family without a Decoder: the plain path
+        assert (plain.rows, plain.capacity) == (1, 1024)
     finally:
         plain.close()
         batched.close()
+        no_decoder.close()
 
 
 # ------------------------------------------------------------------------------------------- TokenStream

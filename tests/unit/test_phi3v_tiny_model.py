@@ -185,8 +185,8 @@ def test_a_prompt_already_past_the_switch_uses_long_factors_throughout(
 def test_eager_and_sdpa_give_the_same_logits(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(tiny_config_dict(**LONG_ROPE)))
     save_checkpoint(_model(seed=3, **LONG_ROPE), tmp_path)
-    eager = load_model(tmp_path, attn_implementation="eager")
-    sdpa = load_model(tmp_path, attn_implementation="sdpa")
+    eager = load_model(Phi3VForCausalLM, tmp_path, attn_implementation="eager")
+    sdpa = load_model(Phi3VForCausalLM, tmp_path, attn_implementation="sdpa")
     assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
     image = _image_inputs(num_crops=2, size=(300, 500))
     text = _text_prompt(ORIGINAL_MAX + 10, seed=2)  # long factors, too

@@ -26,6 +26,7 @@ from PIL import Image
 import cerebro.adapters
 from cerebro.adapters import Capabilities, GenerationStats, ModelAdapter, get_adapter, register
 from cerebro.errors import (
+    ConfigError,
     GenerationError,
     ImageError,
     InputError,
@@ -48,7 +49,13 @@ class FakeAdapter(ModelAdapter):
     "oom" (after one piece), "crash" (a plain RuntimeError) or "caller" (a PromptError)."""
 
     name: ClassVar[str] = "fake"
-    capabilities = Capabilities(max_images=3, json_schema=False, streaming=True, max_context_tokens=1000)
+    capabilities = Capabilities(
+        max_images=3,
+        json_schema=True,
+        streaming=True,
+        max_context_tokens=1000,
+        options=frozenset({"num_crops", "system_prompt"}),
+    )
     TTFT, TOK_S = 0.123456, 12.3456
 
     def __init__(self, settings: Settings) -> None:
@@ -131,7 +138,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> pytest.Monke
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     monkeypatch.setenv("CEREBRO_MODEL_DIR", str(model_dir))
-    monkeypatch.setenv("CEREBRO_ADAPTER", "fake")
+    monkeypatch.setenv("CEREBRO_FAMILY", "fake")
     monkeypatch.setenv("CEREBRO_WARMUP", "false")
     monkeypatch.setenv("CEREBRO_ALLOW_LOOPBACK_URLS", "false")
     monkeypatch.setenv("CEREBRO_ALLOW_PRIVATE_URLS", "false")
@@ -165,7 +172,7 @@ def test_setup_loads_the_registered_adapter_with_the_settings(
 ) -> None:
     env.setenv("CEREBRO_MAX_CONTEXT_TOKENS", "77")
     fake = _fake(_predictor())
-    assert fake.settings.adapter == "fake"
+    assert fake.settings.family == "fake"
     assert fake.settings.max_context_tokens == 77
     assert fake.settings.model_dir == tmp_path / "model"
 
@@ -196,18 +203,22 @@ def test_missing_weights_dir_is_e2010_saying_where_and_how_to_fix(
     assert not err.is_caller_error
 
 
-def test_unknown_adapter_lists_the_known_ones(env: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ServerError, match=r"^E2000 unknown adapter 'nope'") as info:
-        get_adapter("nope")
-    assert "'fake'" in info.value.message and "'phi3_v'" in info.value.message
-    env.setenv("CEREBRO_ADAPTER", "nope")
-    with pytest.raises(ServerError, match="CEREBRO_ADAPTER"):
+def test_unknown_family_is_a_config_error_listing_the_known_ones(env: pytest.MonkeyPatch) -> None:
+    from cerebro.core import ServingCore
+
+    assert get_adapter("nope") is ServingCore  # every unregistered name is the serving core's to resolve
+    env.setenv("CEREBRO_FAMILY", "nope")
+    with pytest.raises(ConfigError, match=r"^E2001 CEREBRO_FAMILY='nope' is not a model family") as info:
         _predictor()
+    assert (
+        "'phi3_v'" in info.value.message
+        and "'caption'" in info.value.message
+        and "auto" in info.value.message
+    )
 
 
 def test_register_and_get_adapter_round_trip(env: pytest.MonkeyPatch) -> None:
     assert get_adapter("fake") is FakeAdapter
-    assert "fake" in cerebro.adapters.names()
     register("fake_by_path", f"{__name__}:FakeAdapter")  # "module:Class", imported on first use
     assert get_adapter("fake_by_path") is FakeAdapter
 
@@ -467,3 +478,40 @@ def test_an_internal_errors_traceback_reaches_only_the_operators_log(
     assert not any("shape mismatch" in r.getMessage() for r in caller_side)
     assert [incident in r.getMessage() for r in operator_side] == [True]
     assert isinstance(operator_side[0].exc_info[1], RuntimeError)  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------- capabilities
+
+
+class CaptionerLikeAdapter(FakeAdapter):
+    """A model without num_crops, without constrained decoding, whose prompt is optional."""
+
+    capabilities = Capabilities(
+        max_images=1, json_schema=False, streaming=True, max_context_tokens=1000, prompt_required=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "code", "field"),
+    [
+        ({"num_crops": 4}, "E1002", "num_crops"),
+        ({"system_prompt": "be brief"}, "E1002", "system_prompt"),
+        ({"json_schema": '{"type": "string"}'}, "E1303", "json_schema"),
+    ],
+)
+def test_what_the_model_cannot_honour_is_refused_before_any_work(
+    env: pytest.MonkeyPatch, tmp_path: pathlib.Path, inputs: dict[str, Any], code: str, field: str
+) -> None:
+    register("captioner", CaptionerLikeAdapter)
+    env.setenv("CEREBRO_FAMILY", "captioner")
+    predictor = _predictor()
+    missing = tmp_path / "never-read.png"  # a local path that does not exist: reading it would be E1103
+    with pytest.raises(InputError) as info:
+        _run(predictor, image=missing, **inputs)
+    assert (info.value.code, info.value.field) == (code, field)
+    assert field in info.value.message
+    adapter = predictor.adapter
+    assert isinstance(adapter, CaptionerLikeAdapter) and adapter.requests == []
+    # The same model serves a request without them, and with no prompt at all.
+    assert _run(predictor, image=_png(tmp_path / "ok.png"), prompt="")
+    assert adapter.requests[-1].prompt == ""

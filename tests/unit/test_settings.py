@@ -26,7 +26,7 @@ FLAG_VARS = {
     "CEREBRO_CUDA_GRAPHS": "cuda_graphs",
 }
 TEXT_VARS = {
-    "CEREBRO_ADAPTER": "adapter",
+    "CEREBRO_FAMILY": "family",
     "CEREBRO_DTYPE": "dtype",
     "CEREBRO_ATTENTION": "attention",
 }
@@ -52,7 +52,7 @@ def test_defaults() -> None:
     s = Settings.from_env({})
     assert s == Settings()
     assert s.model_dir == Path(DEFAULT_MODEL_DIR) == Path("/model-cache")
-    assert (s.adapter, s.device, s.dtype, s.attention) == ("phi3_v", "", "auto", "sdpa")
+    assert (s.family, s.device, s.dtype, s.attention) == ("auto", "", "auto", "sdpa")
     assert (s.max_images, s.max_image_bytes, s.max_image_pixels) == (8, 20 * 1024 * 1024, 50_000_000)
     assert s.max_context_tokens == 32768
     assert (s.allow_loopback_urls, s.allow_private_urls, s.warmup) == (False, False, True)
@@ -64,7 +64,7 @@ def test_defaults() -> None:
 def test_every_variable_is_parsed() -> None:
     env = {
         "CEREBRO_MODEL_DIR": "/tmp/weights",
-        "CEREBRO_ADAPTER": "fake",
+        "CEREBRO_FAMILY": "fake",
         "CEREBRO_DEVICE": "cuda:1",
         "CEREBRO_DTYPE": "float16",
         "CEREBRO_ATTENTION": "eager",
@@ -88,7 +88,7 @@ def test_every_variable_is_parsed() -> None:
     s = Settings.from_env(env)
     assert s == Settings(
         model_dir=Path("/tmp/weights"),
-        adapter="fake",
+        family="fake",
         device="cuda:1",
         dtype="float16",
         attention="eager",

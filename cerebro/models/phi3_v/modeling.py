@@ -31,6 +31,7 @@ from transformers.models.phi3.modeling_phi3 import Phi3ForCausalLM, Phi3Model, P
 
 from cerebro.errors import PromptError
 from cerebro.models.phi3_v.configuration import Phi3VConfig
+from cerebro.models.phi3_v.weights import load_model
 
 
 @dataclass
@@ -216,9 +217,7 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
     @classmethod
     def from_pretrained(cls, model_dir: Any, *args: Any, **kwargs: Any) -> Phi3VForCausalLM:  # type: ignore[override]
         """Loads the official checkpoint layout natively; see weights.load_model for the arguments."""
-        from cerebro.models.phi3_v.weights import load_model
-
-        return load_model(model_dir, *args, **kwargs)
+        return load_model(cls, model_dir, *args, **kwargs)  # type: ignore[no-any-return]
 
     def forward(  # type: ignore[override]
         self,

@@ -16,17 +16,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 from transformers import GenerationConfig
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
 from cerebro.errors import WeightsError
 from cerebro.models.phi3_v.configuration import Phi3VConfig
-from cerebro.models.phi3_v.modeling import Phi3VForCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def resolve_attention(attn_implementation: str | None) -> str:
 
 
 def load_model(
+    model_class: Callable[[Phi3VConfig], nn.Module],
     model_dir: str | Path,
     *,
     torch_dtype: Any = None,
@@ -124,9 +126,11 @@ def load_model(
     attn_implementation: str | None = None,
     device: str | torch.device = "cpu",
     config: Phi3VConfig | None = None,
-) -> Phi3VForCausalLM:
-    """Build Phi3VForCausalLM from an official-layout folder. `torch_dtype` and `dtype` are synonyms
-    (float32, bfloat16, float16 or "auto" = the config's); attention is sdpa unless told otherwise."""
+) -> Any:
+    """Build `model_class` (Phi3VForCausalLM, whose from_pretrained calls this) from an official-layout
+    folder. `torch_dtype` and `dtype` are synonyms (float32, bfloat16, float16 or "auto" = the config's);
+    attention is sdpa unless told otherwise. The class is passed in so this module need not import
+    modeling.py (which imports this one)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise WeightsError(f"no config.json in {model_dir}", code="E2010")
@@ -138,7 +142,7 @@ def load_model(
     device = torch.device(device)
 
     with torch.device("meta"):
-        model = Phi3VForCausalLM(config)
+        model: Any = model_class(config)
     expected = {n: t.shape for n, t in model.state_dict().items()}
 
     files = checkpoint_files(model_dir)
@@ -188,7 +192,7 @@ def _unreadable(path: Path, err: Exception) -> WeightsError:
     )
 
 
-def rebuild_buffers(model: Phi3VForCausalLM, device: torch.device) -> None:
+def rebuild_buffers(model: Any, device: torch.device) -> None:
     """Recreate the non-persistent buffers that stayed on the meta device (they are not in checkpoints)."""
     with torch.device(device):
         model.model.rotary_emb = Phi3RotaryEmbedding(config=model.config)

@@ -1,14 +1,14 @@
 # Written with AI assistance; review before relying on it.
-"""The model's two forwards over a RowKVCache: prefill of one request into a row, and one decode step
+"""A decoder's two forwards over a RowKVCache: prefill of one request into a row, and one decode step
 for rows 0..B-1 at once, replayed from CUDA graphs on a GPU.
 
-Both run transformers' own Phi3 decoder layers (the same modules and kernels as the plain path, so the
-greedy tokens agree); what is ours is around them:
-- RoPE per row: each row picks the short or the long LongRoPE frequencies by its own length, where
-  transformers picks one set for the whole batch;
+Both run the model's own transformers decoder layers through its family's `Decoder` (decoder.py: the
+same modules and kernels as the plain path, so the greedy tokens agree); what is ours is around them:
+- RoPE per row: each row uses its own rotary table (LongRoPE: short or long by the row's own length),
+  where transformers picks one set for the whole batch;
 - the decode mask [B, 1, 1, span]: row b sees positions 0..positions[b];
-- static input buffers (tokens, positions, long flags) that CUDA graphs read at fixed addresses, one graph
-  per (batch bucket, span bucket), captured on first use or in warm-up.
+- static input buffers (tokens, positions, rotary variants) that CUDA graphs read at fixed addresses, one
+  graph per (batch bucket, span bucket), captured on first use or in warm-up.
 
 Prefill is not graphed: its length varies per request, and SDPA with is_causal=True (flash attention on
 a GPU) already keeps it compute-bound. The vision tower runs once here, at prefill.
@@ -21,11 +21,12 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from cerebro.engine.decoder import Decoder
 from cerebro.engine.kv_cache import RowKVCache
 
 log = logging.getLogger(__name__)
@@ -52,33 +53,20 @@ def span_buckets(capacity: int) -> tuple[int, ...]:
     return tuple(spans)
 
 
-class ModelRunner:
-    def __init__(self, model: Any, cache: RowKVCache, *, cuda_graphs: bool) -> None:
-        self.model = model
-        self.lm = model.model  # Phi3VModel: embed_tokens, layers, norm, rotary_emb, embed_inputs
+class BatchForward:
+    def __init__(self, decoder: Decoder, cache: RowKVCache, *, cuda_graphs: bool) -> None:
+        self.decoder = decoder
+        self.rotary = decoder.rotary
         self.cache = cache
-        self.device = model.device
-        self.dtype = model.dtype
-        config = model.config
-        rotary = self.lm.rotary_emb
-        self.short_inv_freq = rotary.original_inv_freq.to(self.device, torch.float32)  # [D/2]
-        self.original_max: int | None = None
-        self.long_inv_freq = self.short_inv_freq
-        if config.rope_parameters.get("rope_type") == "longrope":
-            self.original_max = int(config.rope_parameters["original_max_position_embeddings"])
-            long_inv_freq, _ = ROPE_INIT_FUNCTIONS["longrope"](
-                config, self.device, seq_len=self.original_max + 1
-            )
-            self.long_inv_freq = long_inv_freq.to(self.device, torch.float32)
-        self.attention_scaling = float(rotary.attention_scaling)
-
+        self.device = decoder.device
+        self.dtype = decoder.dtype
         self.batch_buckets = (*(b for b in BATCH_BUCKETS if b < cache.rows), cache.rows)
         self.spans = span_buckets(cache.capacity)
         rows = cache.rows
         # Static decode inputs: filled before every step, read by the graphs at fixed addresses.
         self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
-        self.long_rows = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        self.variants = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.span_index = torch.arange(cache.capacity, device=self.device)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -86,74 +74,56 @@ class ModelRunner:
 
     # ---------------------------------------------------------------------------------------- shared
 
-    def is_long(self, length: int) -> bool:
-        """LongRoPE: a sequence of more than original_max tokens uses the long factors."""
-        return self.original_max is not None and length > self.original_max
-
-    def rope(self, positions: torch.Tensor, long_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T], long_rows [B] -> cos, sin [B, T, D] (transformers' formula, per row)."""
-        inv_freq = torch.where(long_rows[:, None], self.long_inv_freq, self.short_inv_freq)  # B, D/2
-        freqs = positions[..., None].float() * inv_freq[:, None, :]  # B, T, D/2
-        emb = torch.cat((freqs, freqs), dim=-1)  # B, T, D
-        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
-        return cos.to(self.dtype), sin.to(self.dtype)
+    def variant(self, length: int) -> int:
+        """The rotary table a sequence of `length` tokens uses (LongRoPE: 1 beyond original_max)."""
+        return self.rotary.variant(length)
 
     def _forward(
         self,
         embeds: torch.Tensor,
         positions: torch.Tensor,
-        long_rows: torch.Tensor,
+        variants: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """embeds [B, T, D] -> float32 logits [B, V] of each row's last token."""
-        cos_sin = self.rope(positions, long_rows)
+        cos_sin = self.rotary.cos_sin(positions, variants, self.dtype)
         hidden = embeds
-        for layer in self.lm.layers:
+        for layer in self.decoder.layers:
             hidden = layer(
                 hidden, attention_mask=mask, position_embeddings=cos_sin, past_key_values=self.cache
             )
-        hidden = self.lm.norm(hidden[:, -1:])  # B, 1, D (RMSNorm is per token: the last one is enough)
-        return self.model.lm_head(hidden)[:, 0].float()  # B, V
+        # The norm is per token: the last one is enough.
+        return self.decoder.head(hidden[:, -1:])[:, 0].float()  # B, V
 
     # ---------------------------------------------------------------------------------------- prefill
 
     @torch.inference_mode()
     def prefill(
-        self,
-        row: int,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """input_ids [1, T] (negative = image token) into `row` -> (logits [V], image_embeds [T_img, D]).
-        Pass image_embeds from an earlier prefill to re-encode without the vision tower."""
+        self, row: int, input_ids: torch.Tensor, extras: Mapping[str, torch.Tensor], reuse: Any = None
+    ) -> tuple[torch.Tensor, Any]:
+        """input_ids [1, T] and the family's extras into `row` -> (logits [V], reuse). Pass `reuse` from an
+        earlier prefill of the same prompt to re-encode it without the vision tower."""
         input_ids = input_ids.to(self.device)
-        embeds, image_embeds = self.lm.embed_inputs(
-            input_ids,
-            None if pixel_values is None else pixel_values.to(self.device),
-            None if image_sizes is None else image_sizes.to(self.device),
-            image_embeds,
-        )  # 1, T, D
+        embeds, reuse = self.decoder.embed_prompt(input_ids, extras, reuse)  # 1, T, D
         length = int(input_ids.shape[1])
         self.cache.prefill(row, length)
         positions = torch.arange(length, device=self.device)[None]  # 1, T
-        long_rows = torch.tensor([self.is_long(length)], device=self.device)
+        variants = torch.tensor([self.variant(length)], device=self.device)
         # mask=None: transformers' SDPA path then uses is_causal=True over exactly these T keys.
-        return self._forward(embeds, positions, long_rows, None)[0], image_embeds
+        return self._forward(embeds, positions, variants, None)[0], reuse
 
     # ---------------------------------------------------------------------------------------- decode
 
     def _decode_step(self, batch: int, span: int) -> torch.Tensor:
         """One token for each of rows 0..batch-1 from the static buffers -> logits [batch, V]."""
         positions = self.positions[:batch]
-        embeds = self.lm.embed_tokens(self.tokens[:batch])[:, None]  # B, 1, D
+        embeds = self.decoder.embed_tokens(self.tokens[:batch])[:, None]  # B, 1, D
         mask = (self.span_index[:span][None, :] <= positions[:, None])[:, None, None, :]  # B, 1, 1, span
         self.cache.decode(batch, span, self.positions)
-        return self._forward(embeds, positions[:, None], self.long_rows[:batch], mask)
+        return self._forward(embeds, positions[:, None], self.variants[:batch], mask)
 
     @torch.inference_mode()
-    def decode(self, tokens: list[int], positions: list[int], long_rows: list[bool]) -> torch.Tensor:
+    def decode(self, tokens: list[int], positions: list[int], variants: list[int]) -> torch.Tensor:
         """Rows 0..n-1 feed tokens[i] at positions[i] -> logits [n, V]. Rows n..B-1 of the batch bucket
         are idle rows fed token 0 at position 0 (their contents are overwritten by the next prefill)."""
         n = len(tokens)
@@ -162,7 +132,7 @@ class ModelRunner:
         pad = batch - n
         self.tokens[:batch].copy_(torch.tensor(tokens + [0] * pad), non_blocking=True)
         self.positions[:batch].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
-        self.long_rows[:batch].copy_(torch.tensor(long_rows + [False] * pad), non_blocking=True)
+        self.variants[:batch].copy_(torch.tensor(variants + [0] * pad), non_blocking=True)
         if not self.cuda_graphs:
             return self._decode_step(batch, span)[:n]
         if (batch, span) not in self.graphs:
