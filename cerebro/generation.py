@@ -24,13 +24,16 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
+from cerebro.request import LIMITS
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0
+    # The request limits own the defaults (and the Cog inputs' defaults come from them too).
+    temperature: float = float(LIMITS["temperature"].default or 0.0)  # 0 = greedy
+    top_p: float = float(LIMITS["top_p"].default or 0.0)
+    top_k: int = int(LIMITS["top_k"].default or 0)  # 0 = off
+    repetition_penalty: float = float(LIMITS["repetition_penalty"].default or 0.0)
     seed: int = 0
 
 

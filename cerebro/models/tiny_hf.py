@@ -36,9 +36,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoImageProcessor,
-    AutoProcessor,
-    AutoTokenizer,
     GPT2Config,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -50,13 +47,11 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
     ViTConfig,
     ViTImageProcessorPil,
 )
-from transformers.utils import is_torchvision_available
 from transformers.utils import logging as hf_logging
 
 from cerebro.models.phi3_v.tiny import REQUIRED_TOKENIZER_FILE, check_tokenizer_dir
@@ -291,26 +286,12 @@ def derived_tokenizer(
 
 
 def qwen2_vl_processor(folder: str | Path) -> ProcessorMixin:
-    """The processor of a Qwen2-VL folder: AutoProcessor's where torchvision is importable, else the same
-    Qwen2VLProcessor without a video processor (images and text only)."""
-    if is_torchvision_available():
-        return AutoProcessor.from_pretrained(str(folder))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    image_processor = AutoImageProcessor.from_pretrained(str(folder))
-    return Qwen2VLImageOnlyProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+    """The processor of a Qwen2-VL folder as the hf_vlm family loads it: AutoProcessor's where torchvision
+    is importable, else the same processor without its video half (cerebro/families/hf_vlm.py)."""
+    from cerebro.families.hf_vlm import load_processor
 
-
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-    """Qwen2VLProcessor without its video processor (which needs torchvision).
-
-    ProcessorMixin takes a processor's parts from the names in its __init__ signature: leaving
-    `video_processor` out of this one is what drops it, while every image and text path stays the library's.
-    """
-
-    def __init__(
-        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None
-    ) -> None:
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+    processor: ProcessorMixin = load_processor(Path(folder))
+    return processor
 
 
 def _token_fields(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,25 +28,17 @@ from cerebro.engine import Job, PlainEngine
 from cerebro.errors import CerebroError, ImageError, InputError, SchemaError, WeightsError
 from cerebro.families.base import LoadOptions
 from cerebro.families.caption import CaptionCache, CaptionFamily
-from cerebro.generation import Sampler, SamplingParams, generate_tokens
+from cerebro.generation import Sampler, SamplingParams
 from cerebro.models.tiny_hf import write_tiny_captioner
-from cerebro.predict import Predictor, iterate, run_inputs
+from cerebro.predict import iterate, run_inputs
 from cerebro.request import GenerationRequest
+from tests.support import MetricsPredictor, plain_tokens, quadrants, set_up_predictor
 
 pytestmark = pytest.mark.fixtures
 
 CPU = torch.device("cpu")
 MAX_NEW = 12
 PREFIX = "a photo of"
-
-
-class MetricsPredictor(Predictor):
-    """Keeps what record_metric is given (outside a Cog prediction it is a no-op)."""
-
-    metrics: dict[str, Any]
-
-    def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
-        self.metrics[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +53,11 @@ def family(captioner_dir: Path) -> CaptionFamily:
 
 @pytest.fixture(scope="module")
 def predictor(captioner_dir: Path) -> Iterator[MetricsPredictor]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("CEREBRO_")]:
-            mp.delenv(name)  # CEREBRO_FAMILY unset: auto, from config.json's model_type
-        mp.setenv("CEREBRO_MODEL_DIR", str(captioner_dir))
-        mp.setenv("CEREBRO_WARMUP", "true")  # runs the family's warm-up request through the engine
-        mp.setenv("CEREBRO_ALLOW_LOCAL_FILES", "true")
-        runner = MetricsPredictor()
-        runner.metrics = {}
-        runner.setup()
+    # CEREBRO_FAMILY unset: auto; the warm-up request runs through the engine
+    runner = set_up_predictor(captioner_dir, CEREBRO_WARMUP="true", CEREBRO_ALLOW_LOCAL_FILES="true")
     yield runner
     assert isinstance(runner.adapter, ServingCore)
     runner.adapter.engine.close()
-
-
-def _quadrants() -> Image.Image:
-    img = Image.new("RGB", (64, 48), (200, 30, 30))
-    img.paste((20, 180, 40), (32, 0, 64, 24))
-    img.paste((10, 10, 220), (0, 24, 32, 48))
-    return img
 
 
 def _stripes() -> Image.Image:
@@ -101,16 +78,7 @@ def _request(img: Image.Image, prompt: str = "", max_new_tokens: int = MAX_NEW) 
 
 
 def _plain(family: CaptionFamily, request: GenerationRequest) -> list[int]:
-    inputs = family.model_inputs(request)
-    return list(
-        generate_tokens(
-            family.plain_model(),
-            {"input_ids": inputs.input_ids, **inputs.extras},
-            max_new_tokens=request.max_new_tokens,
-            sampler=Sampler(SamplingParams(), CPU),
-            stop_ids=family.stop_ids,
-        )
-    )
+    return plain_tokens(family, request, family.stop_ids)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -148,7 +116,7 @@ def test_a_broken_folder_is_one_coded_line(
 # ------------------------------------------------------------------------------------------ plain path
 
 
-@pytest.mark.parametrize("make_image", [_quadrants, _stripes])
+@pytest.mark.parametrize("make_image", [quadrants, _stripes])
 def test_plain_greedy_equals_generate_without_a_prompt(family: CaptionFamily, make_image: Any) -> None:
     request = _request(make_image())
     inputs = family.model_inputs(request)
@@ -164,7 +132,7 @@ def test_plain_greedy_equals_generate_without_a_prompt(family: CaptionFamily, ma
 
 
 def test_plain_greedy_with_a_prefix_equals_generate_from_that_prefix(family: CaptionFamily) -> None:
-    request = _request(_quadrants(), prompt=PREFIX)
+    request = _request(quadrants(), prompt=PREFIX)
     inputs = family.model_inputs(request)
     prefix = family.tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
     assert inputs.input_ids.tolist() == [[family.start_id, *prefix]]
@@ -177,20 +145,20 @@ def test_plain_greedy_with_a_prefix_equals_generate_from_that_prefix(family: Cap
             max_new_tokens=MAX_NEW,
         )
     assert mine == ref[0, inputs.input_ids.shape[1] :].tolist()
-    assert mine != _plain(family, _request(_quadrants()))  # the prefix changes the caption
+    assert mine != _plain(family, _request(quadrants()))  # the prefix changes the caption
 
 
 def test_special_token_text_in_a_prompt_stays_text(family: CaptionFamily) -> None:
     eos = family.tokenizer.eos_token
-    ids = family.model_inputs(_request(_quadrants(), prompt=f"a {eos} b")).input_ids[0].tolist()
+    ids = family.model_inputs(_request(quadrants(), prompt=f"a {eos} b")).input_ids[0].tolist()
     assert ids[0] == family.start_id
     assert not set(ids[1:]) & (family.stop_ids | {family.start_id})
-    assert family.model_inputs(_request(_quadrants(), prompt="   ")).input_ids.tolist() == [[family.start_id]]
+    assert family.model_inputs(_request(quadrants(), prompt="   ")).input_ids.tolist() == [[family.start_id]]
 
 
 def test_the_wrapper_keeps_the_encoder_output_in_the_requests_cache(family: CaptionFamily) -> None:
     model = family.plain_model()
-    pixels = family.model_inputs(_request(_quadrants())).extras["pixel_values"]
+    pixels = family.model_inputs(_request(quadrants())).extras["pixel_values"]
     start = torch.tensor([[family.start_id]])
     with torch.inference_mode():
         with pytest.raises(ValueError, match="pixel_values"):
@@ -225,7 +193,7 @@ def _job(family: CaptionFamily, request: GenerationRequest) -> Job:
 
 
 def test_requests_one_after_another_on_a_plain_engine_share_no_state(family: CaptionFamily) -> None:
-    requests = [_request(_quadrants()), _request(_stripes(), prompt=PREFIX), _request(_stripes())]
+    requests = [_request(quadrants()), _request(_stripes(), prompt=PREFIX), _request(_stripes())]
     alone = [_plain(family, r) for r in requests]
     assert alone[0] != alone[2]  # different images, different captions
     model = family.plain_model()
@@ -260,13 +228,13 @@ def test_the_runner_picks_the_family_from_config_and_streams_the_plain_caption(
     assert adapter.describe()["decoder"] == "gpt2"
     family = adapter.family
     for prompt in ("", PREFIX):
-        pieces = _pieces(predictor, prompt=prompt, image=_data_uri(_quadrants()), max_new_tokens=6)
-        tokens = _plain(family, _request(_quadrants(), prompt=prompt, max_new_tokens=6))
+        pieces = _pieces(predictor, prompt=prompt, image=_data_uri(quadrants()), max_new_tokens=6)
+        tokens = _plain(family, _request(quadrants(), prompt=prompt, max_new_tokens=6))
         answer = [t for t in tokens if t not in family.stop_ids]
         assert "".join(pieces) == family.tokenizer.decode(answer, skip_special_tokens=True)
         assert "".join(pieces)
         assert predictor.metrics["output_token_count"] == len(tokens)
-        n_prompt = family.model_inputs(_request(_quadrants(), prompt=prompt)).input_ids.shape[1]
+        n_prompt = family.model_inputs(_request(quadrants(), prompt=prompt)).input_ids.shape[1]
         assert predictor.metrics["input_token_count"] == n_prompt
         assert predictor.metrics["time_to_first_token"] > 0
 
@@ -291,7 +259,7 @@ def test_the_runner_reads_a_local_file_when_allowed(predictor: MetricsPredictor,
 def test_the_runner_refuses_what_a_captioner_cannot_do(
     predictor: MetricsPredictor, inputs: dict[str, Any], error: type[CerebroError], code: str, field: str
 ) -> None:
-    uri = _data_uri(_quadrants())
+    uri = _data_uri(quadrants())
     inputs = {"image": uri, **inputs}
     if inputs.get("images"):
         inputs["images"] = [uri, uri]

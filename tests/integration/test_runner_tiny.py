@@ -38,52 +38,17 @@ from cerebro.generation import Sampler, SamplingParams, generate_tokens
 from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.utils import load_image
+from tests.support import MetricsPredictor, quadrants, set_up_predictor
 
 pytestmark = pytest.mark.fixtures
-
-CEREBRO_VARS = (
-    "CEREBRO_FAMILY",
-    "CEREBRO_DEVICE",
-    "CEREBRO_DTYPE",
-    "CEREBRO_ATTENTION",
-    "CEREBRO_MAX_IMAGES",
-    "CEREBRO_MAX_IMAGE_BYTES",
-    "CEREBRO_MAX_IMAGE_PIXELS",
-    "CEREBRO_MAX_CONTEXT_TOKENS",
-    "CEREBRO_ALLOW_LOOPBACK_URLS",
-    "CEREBRO_ALLOW_PRIVATE_URLS",
-    "CEREBRO_ALLOW_LOCAL_FILES",
-    "CEREBRO_LOG_LEVEL",
-    "CEREBRO_ENGINE",
-    "CEREBRO_MAX_BATCH",
-    "CEREBRO_KV_CACHE_TOKENS",
-    "CEREBRO_CUDA_GRAPHS",
-)
-
-
-class MetricsPredictor(Predictor):
-    """Keeps what record_metric is given (outside a Cog prediction it is a no-op)."""
-
-    metrics: dict[str, Any]
-
-    def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
-        self.metrics[key] = value
 
 
 def _setup(model_dir: Path, **env: str) -> MetricsPredictor:
     """A predictor set up from the environment; env values override the defaults used here."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in CEREBRO_VARS:
-            mp.delenv(name, raising=False)
-        mp.setenv("CEREBRO_MODEL_DIR", str(model_dir))
-        mp.setenv("CEREBRO_WARMUP", "false")
-        mp.setenv("CEREBRO_ALLOW_LOCAL_FILES", "true")  # these tests pass the files they wrote by path
-        for name, value in env.items():
-            mp.setenv(name, value)
-        predictor = MetricsPredictor()
-        predictor.metrics = {}
-        predictor.setup()
-    return predictor
+    # These tests pass the files they wrote by path.
+    return set_up_predictor(
+        model_dir, **{"CEREBRO_WARMUP": "false", "CEREBRO_ALLOW_LOCAL_FILES": "true", **env}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +56,10 @@ def predictor(tiny_model_dir: Path) -> MetricsPredictor:
     return _setup(tiny_model_dir)
 
 
-def _quadrants() -> Image.Image:
-    img = Image.new("RGB", (64, 48), (200, 30, 30))
-    img.paste((20, 180, 40), (32, 0, 64, 24))
-    img.paste((10, 10, 220), (0, 24, 32, 48))
-    return img
-
-
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("images") / "quadrants.png"
-    _quadrants().save(path)
+    quadrants().save(path)
     return path
 
 
@@ -388,7 +346,7 @@ def test_every_accepted_format_works_end_to_end(
     predictor: MetricsPredictor, picture: Path, tmp_path: Path, fmt: str, ext: str, params: dict[str, Any]
 ) -> None:
     path = tmp_path / f"picture.{ext}"
-    _quadrants().save(path, format=fmt, **params)
+    quadrants().save(path, format=fmt, **params)
     with Image.open(path) as check:
         assert check.format == fmt
     text = _text(predictor, image=path, max_new_tokens=6)

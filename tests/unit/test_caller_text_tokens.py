@@ -16,8 +16,9 @@ from PIL import Image
 from tokenizers import AddedToken, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from cerebro.caller_text import TextOnlyEncoder
 from cerebro.errors import ServerError
-from cerebro.models.phi3_v.processing import Phi3VProcessor, TextOnlyEncoder, render_chat
+from cerebro.models.phi3_v.processing import Phi3VProcessor, render_chat
 
 pytestmark = pytest.mark.fixtures
 
@@ -181,10 +182,10 @@ def test_render_chat_refuses_a_template_that_rewrites_contents(model_dir: Path) 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
     tokenizer.chat_template = "{% for m in messages %}<|user|>{{ m['content'] | trim }}<|end|>{% endfor %}"
     assert render_chat(tokenizer, _chat("fine"))[1] == ((8, 12),)
-    with pytest.raises(ServerError, match="rewrites"):
+    with pytest.raises(ServerError, match="exactly once, verbatim"):
         render_chat(tokenizer, _chat(" padded "))
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}"
-    with pytest.raises(ServerError, match="exactly once"):
+    with pytest.raises(ServerError, match="exactly once, verbatim"):
         render_chat(tokenizer, _chat("twice"))
 
 

@@ -39,6 +39,7 @@ from cerebro.predict import Predictor, iterate, run_inputs
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
 from cerebro.utils import OPERATOR_LOGGER
+from tests.support import MetricsPredictor
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -98,15 +99,6 @@ class FakeAdapter(ModelAdapter):
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         stats.tokens_per_second = self.TOK_S
         stats.finish_reason = "stop"
-
-
-class MetricsPredictor(Predictor):
-    """Keeps what record_metric is given (outside a Cog prediction it is a no-op)."""
-
-    metrics: dict[str, Any]
-
-    def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
-        self.metrics[key] = value
 
 
 def _inputs(**overrides: Any) -> dict[str, Any]:

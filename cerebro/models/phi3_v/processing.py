@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerFast
 
+from cerebro.caller_text import TextOnlyEncoder, locate_texts
 from cerebro.errors import ImageError, PromptError, ServerError
 from cerebro.models.phi3_v.image_processing import CLIP_MEAN, CLIP_STD, Phi3VImageProcessor
 
@@ -63,36 +63,20 @@ def render_chat(
     tokenizer: PreTrainedTokenizerFast, messages: list[dict[str, str]]
 ) -> tuple[str, tuple[tuple[int, int], ...]]:
     """The templated prompt (`apply_chat_template(..., tokenize=False, add_generation_prompt=True)`) and
-    the [start, end) character span of each message's content in it, in message order.
+    the [start, end) character span of each message's content in it, in message order. A template that
+    drops, repeats or rewrites a content raises ServerError: its spans could not be trusted to cover the
+    caller's text (cerebro/caller_text.py: locate_texts)."""
 
-    The template is rendered once with unguessable sentinels as contents, which shows where each content
-    lands whatever the template's markup; the real contents are then put in their place, and the result
-    must equal a direct rendering. A template that drops, repeats or rewrites a content (trims it, say)
-    fails that check and raises ServerError: its spans could not be trusted to cover the caller's text.
-    """
-    sentinels = [f"cerebro{secrets.token_hex(16)}" for _ in messages]
-    skeleton = _render(tokenizer, [{**m, "content": s} for m, s in zip(messages, sentinels, strict=True)])
-    parts: list[str] = []
-    spans: list[tuple[int, int]] = []
-    pos = length = 0  # pos: in the skeleton; length: of the prompt built so far
-    for k, (message, sentinel) in enumerate(zip(messages, sentinels, strict=True)):
-        at = skeleton.find(sentinel, pos)
-        if at < 0 or skeleton.count(sentinel) != 1:
-            raise ServerError(
-                f"the chat template does not place message {k}'s content exactly once, in order; "
-                "caller text cannot be located in the prompt"
-            )
-        content = message["content"]
-        parts += [skeleton[pos:at], content]
-        length += at - pos
-        spans.append((length, length + len(content)))
-        length += len(content)
-        pos = at + len(sentinel)
-    parts.append(skeleton[pos:])
-    prompt = "".join(parts)
-    if prompt != _render(tokenizer, messages):
-        raise ServerError("the chat template rewrites message contents; caller text cannot be located in it")
-    return prompt, tuple(spans)
+    def render(contents: Sequence[str]) -> str:
+        return _render(tokenizer, [{**m, "content": c} for m, c in zip(messages, contents, strict=True)])
+
+    prompt, spans = locate_texts(render, [m["content"] for m in messages])
+    if spans is None:
+        raise ServerError(
+            "the chat template does not place each message's content exactly once, verbatim; caller text "
+            "cannot be located in the prompt"
+        )
+    return prompt, spans
 
 
 def _render(tokenizer: PreTrainedTokenizerFast, messages: list[dict[str, str]]) -> str:
@@ -192,128 +176,6 @@ class Phi3VProcessor:
         return self.tokenizer.batch_decode(sequences, **kwargs)
 
 
-# Rust's `char::is_whitespace` (Unicode White_Space), which decides what an added token's lstrip/rstrip
-# swallows; Python's str.isspace() differs (it also takes U+001C..U+001F).
-_WHITESPACE = frozenset(
-    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
-
-
-class TextOnlyEncoder:
-    """Tokenizes a text chunk in which some spans are caller text that must never become added tokens.
-
-    Why this reproduces the tokenizer exactly: a Hugging Face fast tokenizer first splits the text at
-    added-token occurrences (leftmost-longest; a token flagged lstrip/rstrip also swallows the whitespace
-    before/after it), then runs normalizer -> pre-tokenizer -> model on each remaining piece on its own,
-    then lets the post-processor add BOS/EOS. This class does the same steps itself, with one change:
-    added tokens are only looked for OUTSIDE the literal spans. The pieces between tokens, caller text
-    included, go through the backend's normalizer, pre-tokenizer and model directly, and those never
-    match added tokens. So caller text is always text, and a prompt whose spans hold no added-token
-    strings gets the very ids `tokenizer(text)` gives (tests/unit/test_caller_text_tokens.py).
-
-    On purpose, a template token's lstrip/rstrip still swallows whitespace inside an adjacent span (the
-    tokenizer does that today, e.g. after `<|assistant|>`), and a token that would straddle a span edge is
-    not formed. Not supported, and refused here rather than silently mis-tokenized: added tokens matched
-    after normalization (`normalized=True`) or only as whole words (`single_word=True`). A normalizer or
-    pre-tokenizer that depends on where a piece sits in the whole text (Metaspace prepend_scheme="first")
-    would also differ; the probes in `__init__` catch that and raise.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerFast) -> None:
-        self.tokenizer = tokenizer
-        self._backend = tokenizer.backend_tokenizer
-        skip_special = bool(self._backend.encode_special_tokens)  # special tokens read as text, if set
-        self._ids: dict[str, int] = {}
-        self._lstrip: set[str] = set()
-        self._rstrip: set[str] = set()
-        for token_id, token in sorted(self._backend.get_added_tokens_decoder().items()):
-            if not token.content or (skip_special and token.special):
-                continue
-            if token.normalized or token.single_word:
-                raise ServerError(
-                    f"added token {token.content!r} is normalized={token.normalized} "
-                    f"single_word={token.single_word}; caller text cannot be kept literal with it"
-                )
-            self._ids[token.content] = token_id
-            if token.lstrip:
-                self._lstrip.add(token.content)
-            if token.rstrip:
-                self._rstrip.add(token.content)
-        # Longest first: Python's alternation takes the first branch that matches -> leftmost-longest.
-        by_length = sorted(self._ids, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, by_length))) if by_length else None
-        self._prefix, self._suffix = self._special_affixes()
-        for probe in self._probes():
-            expected = list(tokenizer(probe).input_ids)
-            if self.encode(probe) != expected:
-                raise ServerError(
-                    f"this tokenizer's pipeline cannot be reproduced piece by piece (probe {probe!r}); "
-                    "caller text cannot be kept literal with it"
-                )
-
-    def encode(self, text: str, literal: Sequence[tuple[int, int]] = ()) -> list[int]:
-        """Ids of `text` with the post-processor's specials (BOS); `literal`: sorted, disjoint spans."""
-        ids = list(self._prefix)
-        pos = 0
-        for start, stop, token_id in self._added_tokens(text, literal):
-            ids += self._text_ids(text[pos:start])
-            ids.append(token_id)
-            pos = stop
-        ids += self._text_ids(text[pos:])
-        ids += self._suffix
-        return ids
-
-    def _added_tokens(self, text: str, literal: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
-        """(start, stop, id) of every added token outside the literal spans; start/stop take in the
-        whitespace that lstrip/rstrip swallow, which may lie inside a span."""
-        found: list[tuple[int, int, int]] = []
-        if self._pattern is None:
-            return found
-        prev_stop = 0
-        for a, b in _outside(literal, len(text)):
-            for match in self._pattern.finditer(text, a, b):
-                start, stop, content = match.start(), match.end(), match.group()
-                if start < prev_stop:  # inside whitespace the previous token swallowed
-                    continue
-                if content in self._lstrip:
-                    while start > prev_stop and text[start - 1] in _WHITESPACE:
-                        start -= 1
-                if content in self._rstrip:
-                    while stop < len(text) and text[stop] in _WHITESPACE:
-                        stop += 1
-                found.append((start, stop, self._ids[content]))
-                prev_stop = stop
-        return found
-
-    def _text_ids(self, piece: str) -> list[int]:
-        """normalizer -> pre-tokenizer -> model on one piece; none of these knows about added tokens."""
-        if not piece:
-            return []
-        backend = self._backend
-        normalized = backend.normalizer.normalize_str(piece) if backend.normalizer is not None else piece
-        if backend.pre_tokenizer is not None:
-            words = [word for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
-        else:
-            words = [normalized]
-        return [token.id for word in words if word for token in backend.model.tokenize(word)]
-
-    def _special_affixes(self) -> tuple[list[int], list[int]]:
-        """What the post-processor puts around one sequence (BOS here), read off a probe encoding."""
-        with_specials = list(self.tokenizer("a").input_ids)
-        plain = list(self.tokenizer("a", add_special_tokens=False).input_ids)
-        for i in range(len(with_specials) - len(plain) + 1):
-            if with_specials[i : i + len(plain)] == plain:
-                return with_specials[:i], with_specials[i + len(plain) :]
-        raise ServerError("the tokenizer's post-processor does not keep the text's ids together")
-
-    def _probes(self) -> list[str]:
-        tokens = sorted(self._ids, key=lambda c: self._ids[c])
-        tokens = tokens[:: max(1, len(tokens) // 4)]  # a few, spread over the added vocabulary
-        joined = "".join(f"{t}\n Probe  text{k} \n" for k, t in enumerate(tokens))
-        return ["", " Hello  world \n", f"{joined}tail \u00e9\u4e2d "]
-
-
 def _chunk_bounds(prompt: str) -> list[tuple[int, int]]:
     """[start, end) of the text between image tags: the same chunks as IMAGE_TAG.split(prompt)[::2]."""
     bounds: list[tuple[int, int]] = []
@@ -340,19 +202,6 @@ def _merge_spans(spans: Sequence[tuple[int, int]], length: int) -> list[tuple[in
 def _clip_spans(spans: Sequence[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
     """The parts of `spans` inside [a, b), shifted to start at a."""
     return [(max(s, a) - a, min(e, b) - a) for s, e in spans if min(e, b) > max(s, a)]
-
-
-def _outside(spans: Sequence[tuple[int, int]], length: int) -> list[tuple[int, int]]:
-    """The complement of sorted, disjoint `spans` in [0, length)."""
-    gaps: list[tuple[int, int]] = []
-    pos = 0
-    for start, end in spans:
-        if start > pos:
-            gaps.append((pos, start))
-        pos = max(pos, end)
-    if pos < length:
-        gaps.append((pos, length))
-    return gaps
 
 
 def _read_json(path: Path) -> dict[str, Any]:
