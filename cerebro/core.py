@@ -31,6 +31,7 @@ from cerebro.errors import ConfigError, PromptError
 from cerebro.families import get_family
 from cerebro.families.base import Family, LoadOptions
 from cerebro.generation import Sampler, SamplingParams
+from cerebro.models.attention import resolve_attention
 from cerebro.request import GenerationRequest
 from cerebro.settings import Settings
 from cerebro.structured import JsonSchemaCompiler
@@ -93,8 +94,12 @@ class ServingCore(ModelAdapter):
         """The family named by the settings (CEREBRO_FAMILY; auto = from config.json), loaded once."""
         family_class = get_family(settings.family, settings.model_dir)
         device, dtype = resolve_device_and_dtype(settings)
+        try:
+            attention = resolve_attention(settings.attention)
+        except ValueError as err:  # a deployment setting, not a broken model: say which variable
+            raise ConfigError(f"CEREBRO_ATTENTION: {err}", field="CEREBRO_ATTENTION") from None
         started = time.perf_counter()
-        family = family_class.load(settings.model_dir, LoadOptions(device, dtype, settings.attention))
+        family = family_class.load(settings.model_dir, LoadOptions(device, dtype, attention))
         loaded = time.perf_counter()
         decoder = family.decoder()
         engine = build_engine(
@@ -106,7 +111,7 @@ class ServingCore(ModelAdapter):
         if decoder is None and settings.engine != "plain":
             log.info("engine=plain family=%s reason=%s", family.name, family.plain_reason or "no decoder")
         core = cls(family, settings.max_context_tokens, engine)
-        core.timings.update(load_s=loaded - started, engine_s=time.perf_counter() - loaded)
+        core.timings.update(weights_s=loaded - started, engine_s=time.perf_counter() - loaded)
         return core
 
     def describe(self) -> dict[str, str]:

@@ -36,9 +36,8 @@ from transformers import (
     VisionEncoderDecoderModel,
 )
 
-from cerebro.errors import ConfigError, ImageError, InputError, WeightsError
+from cerebro.errors import ImageError, InputError, WeightsError
 from cerebro.families.base import Family, LoadOptions, ModelInputs
-from cerebro.models.phi3_v.weights import resolve_attention
 from cerebro.request import GenerationRequest
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -215,10 +214,7 @@ class CaptionFamily(Family):
 
     @classmethod
     def load(cls, model_dir: Path, options: LoadOptions) -> CaptionFamily:
-        try:
-            attention = resolve_attention(options.attention)
-        except ValueError as err:  # a deployment setting, not a broken model: say which variable
-            raise ConfigError(f"CEREBRO_ATTENTION: {err}", field="CEREBRO_ATTENTION") from None
+        attention = options.attention  # resolved and checked by the core
         if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
             raise WeightsError(
                 f"{model_dir} holds no weights (looked for {', '.join(WEIGHT_FILES)})",

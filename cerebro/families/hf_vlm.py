@@ -41,7 +41,6 @@ from cerebro.caller_text import TextOnlyEncoder, locate_texts
 from cerebro.engine.decoder import Decoder, text_decoder
 from cerebro.errors import ConfigError, PromptError, ServerError, WeightsError, excerpt
 from cerebro.families.base import Family, LoadOptions, ModelInputs, known_token_ids
-from cerebro.models.phi3_v.weights import resolve_attention
 from cerebro.request import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -207,10 +206,7 @@ class HFVisionLanguageFamily(Family):
 
     @classmethod
     def load(cls, model_dir: Path, options: LoadOptions) -> HFVisionLanguageFamily:
-        try:
-            attention = resolve_attention(options.attention)
-        except ValueError as err:
-            raise ConfigError(f"CEREBRO_ATTENTION: {err}", field="CEREBRO_ATTENTION") from None
+        attention = options.attention  # resolved and checked by the core
         try:
             processor = load_processor(model_dir)
         except (OSError, ValueError, ImportError) as err:

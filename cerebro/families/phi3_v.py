@@ -17,12 +17,11 @@ from typing import Any, ClassVar
 import torch
 
 from cerebro.engine.decoder import Decoder, text_decoder
-from cerebro.errors import ConfigError, WeightsError
+from cerebro.errors import WeightsError
 from cerebro.families.base import Family, LoadOptions, ModelInputs, known_token_ids
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.image_processing import Phi3VImageProcessor
 from cerebro.models.phi3_v.processing import IMAGE_TAG, check_image_tags, image_tag, render_chat
-from cerebro.models.phi3_v.weights import resolve_attention
 from cerebro.request import GenerationRequest
 
 STOP_TOKENS = ("<|end|>", "<|endoftext|>", "</s>")
@@ -78,10 +77,7 @@ class Phi3VFamily(Family):
 
     @classmethod
     def load(cls, model_dir: Path, options: LoadOptions) -> Phi3VFamily:
-        try:
-            attention = resolve_attention(options.attention)
-        except ValueError as err:  # a deployment setting, not a broken model: say which variable
-            raise ConfigError(f"CEREBRO_ATTENTION: {err}", field="CEREBRO_ATTENTION") from None
+        attention = options.attention  # resolved and checked by the core
         model = Phi3VForCausalLM.from_pretrained(
             model_dir, torch_dtype=options.dtype, attn_implementation=attention, device=options.device
         )

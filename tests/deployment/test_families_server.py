@@ -38,11 +38,11 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.fixtures
 
-# kind -> (the family config.json selects, constrained decoding?, a prompt)
-FAMILIES: dict[str, tuple[str, bool, str]] = {
-    "smolvlm": ("hf_vlm", True, "What is in this image?"),
-    "qwen2_vl": ("hf_vlm", True, "What is in this image?"),
-    "caption": ("caption", False, ""),
+# kind -> (the family config.json selects, constrained decoding?, a prompt, the engine setup() builds)
+FAMILIES: dict[str, tuple[str, bool, str, str]] = {
+    "smolvlm": ("hf_vlm", True, "What is in this image?", "Engine"),  # batching: a Llama decoder
+    "qwen2_vl": ("hf_vlm", True, "What is in this image?", "PlainEngine"),  # 3-D M-RoPE positions
+    "caption": ("caption", False, "", "PlainEngine"),  # an encoder-decoder
 }
 SCHEMA = {
     "type": "object",
@@ -95,7 +95,9 @@ def test_each_family_answers_with_metrics_and_the_in_process_text(
     status, body = cog_http.predict(url, {"input": _inputs(kind)})
     assert_succeeded(status, body, max_new_tokens=6)
     assert "".join(body["output"]) == _in_process(folder, monkeypatch, **_inputs(kind))
-    assert f"family={FAMILIES[kind][0]}" in server_log(url)  # setup() chose it from config.json
+    log = server_log(url)
+    assert f"family={FAMILIES[kind][0]}" in log  # setup() chose it from config.json
+    assert f"engine={FAMILIES[kind][3]} " in log  # and says which engine serves it
 
 
 def test_each_family_streams_server_sent_events(family: tuple[str, Path, str], cog_http: CogHTTP) -> None:

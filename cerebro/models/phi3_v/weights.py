@@ -13,7 +13,6 @@ CLIP position ids) are rebuilt there. Not here: downloading weights (cog.yaml do
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from transformers import GenerationConfig
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
 from cerebro.errors import WeightsError
+from cerebro.models.attention import resolve_attention
 from cerebro.models.phi3_v.configuration import Phi3VConfig
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # checkpoint name -> our name, for tensors a checkpoint may store under another name.
 ALIASES = {"model.vision_embed_tokens.wte.weight": "model.embed_tokens.weight"}
-ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -102,19 +101,6 @@ def resolve_dtype(dtype: Any, config: Phi3VConfig) -> torch.dtype:
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype {dtype} is not supported; use one of {sorted(DTYPES)}")
     return dtype
-
-
-def resolve_attention(attn_implementation: str | None) -> str:
-    attn = attn_implementation or "sdpa"
-    if attn not in ATTENTION_BACKENDS:
-        raise ValueError(
-            f"attn_implementation {attn!r} is not supported; use one of {list(ATTENTION_BACKENDS)}"
-        )
-    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ValueError(
-            "attn_implementation 'flash_attention_2' needs the flash-attn package, which is not installed"
-        )
-    return attn
 
 
 def load_model(
