@@ -129,8 +129,8 @@ class Predictor(BaseRunner):
     async def run(
         self,
         prompt: str = Input(
-            description="What to find out about the image(s). Image tags <|image_1|>.. are "
-            "added in front when the prompt has none."
+            description="What to find out about the image(s); optional for a captioning model. "
+            "Phi-3.5-vision: image tags <|image_1|>.. are added in front when the prompt has none."
         ),
         image: str | None = Input(
             default=None,
@@ -140,7 +140,9 @@ class Predictor(BaseRunner):
         images: list[str] | None = Input(
             default=None, description="Several images, in order, each an https URL or a data URI."
         ),
-        system_prompt: str = Input(default="", description="Optional system message."),
+        system_prompt: str = Input(
+            default="", description="Optional system message (a captioning model refuses one)."
+        ),
         max_new_tokens: int = Input(description="Most tokens to generate.", **_range("max_new_tokens")),
         temperature: float = Input(description="0 = greedy (deterministic).", **_range("temperature")),
         top_p: float = Input(description="Nucleus sampling mass (0 < top_p <= 1).", **_range("top_p")),
@@ -150,7 +152,9 @@ class Predictor(BaseRunner):
         ),
         seed: int | None = Input(description="Random seed for sampling; empty = random.", **_range("seed")),
         num_crops: int | None = Input(
-            description="Image crops 1..16; empty = 16 for one image, 4 for several.", **_range("num_crops")
+            description="Phi-3.5-vision only (other models refuse it): image crops 1..16; empty = 16 for "
+            "one image, 4 for several.",
+            **_range("num_crops"),
         ),
         json_schema: str = Input(
             default="",
