@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from cerebro.adapters import GenerationStats
 from cerebro.core import ServingCore
 from cerebro.engine import Engine, Job, PlainEngine, TokenStream
 from cerebro.errors import InputError, PromptError, WeightsError
@@ -259,6 +260,59 @@ def test_smolvlm_batching_engine_equals_the_plain_path_for_concurrent_requests(
         engine.close()
     assert results == expected
     assert [j.stream.finish_reason for j in jobs] == ["length", "length"]
+
+
+def test_smolvlm_serving_core_on_the_engine_keeps_sampling_json_and_cancel_per_request(
+    families: dict[str, HFVisionLanguageFamily],
+) -> None:
+    """The serving core over the batching engine (2 rows, 3 requests): a sampled request gives the plain
+    engine's answer for its seed, a JSON request validates, and a cancelled one (400 tokens uncancelled)
+    ends without disturbing the other two."""
+    family = families["smolvlm"]
+    decoder = family.decoder()
+    assert decoder is not None
+    batched = ServingCore(family, 2048, Engine(decoder, rows=2, capacity=512, cuda_graphs=False))
+    plain = ServingCore(family, 2048, PlainEngine(family.plain_model(), capacity=512))
+    sampled = _request("Hi.", 1, max_new_tokens=12, temperature=0.9, top_k=30, seed=11)
+    constrained = _request("Count.", 1, max_new_tokens=48, json_schema=SCHEMA)
+    doomed = _request("Go on.", 2, max_new_tokens=400)
+    results: dict[str, str] = {}
+    first_piece = threading.Event()
+    cancel = threading.Event()
+
+    def run(name: str, request: GenerationRequest) -> None:
+        stats = GenerationStats()
+        pieces = []
+        for piece in batched.stream(
+            batched.prepare(request, stats), stats, cancel if name == "doomed" else None
+        ):
+            pieces.append(piece)
+            if name == "doomed":
+                first_piece.set()
+        results[name] = "".join(pieces)
+        results[f"{name}.finish"] = stats.finish_reason
+
+    try:
+        doomed_thread = threading.Thread(target=run, args=("doomed", doomed), daemon=True)
+        doomed_thread.start()
+        assert first_piece.wait(TIMEOUT_S)
+        others = [
+            threading.Thread(target=run, args=(name, request), daemon=True)
+            for name, request in (("sampled", sampled), ("constrained", constrained))
+        ]
+        for thread in others:
+            thread.start()
+        cancel.set()
+        for thread in (doomed_thread, *others):
+            thread.join(TIMEOUT_S)
+        assert results["doomed.finish"] == "cancelled"
+        assert results["sampled"] == "".join(plain.generate(sampled, GenerationStats()))
+        jsonschema.validate(json.loads(results["constrained"]), SCHEMA)
+        assert results["constrained.finish"] == "stop"
+        assert batched.engine.load() == (0, 0)  # every row freed
+    finally:
+        batched.engine.close()
+        plain.engine.close()
 
 
 def test_smolvlm_re_encode_reuses_image_features_and_leaves_generated_image_ids_alone(
