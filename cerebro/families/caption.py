@@ -5,8 +5,8 @@ nlpconnect/vit-gpt2-image-captioning is (a ViT encoder, a GPT-2 decoder that cro
 One image in, a caption out. The prompt is optional: when one is given it is the caption's beginning (a
 prefix the decoder continues, "a photo of"), not an instruction, and the answer is only the continuation
 (the prefix is not repeated). There is no chat template, no system prompt, no JSON-schema decoding and
-no family option: the runner refuses a schema or an option before any work (`json_schema`, `options`),
-and `model_inputs` refuses a system prompt (E1002).
+no family option: the runner refuses a schema (E1303), a system prompt or num_crops (E1002) before any
+work, and `model_inputs` refuses a system prompt again for callers that skip the runner.
 
 It runs on the plain engine: `CaptionModel` (what `plain_model()` returns) looks to
 cerebro.generation.generate_tokens like a causal LM. The first call gets `pixel_values`, runs the
