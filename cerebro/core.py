@@ -92,7 +92,9 @@ class ServingCore(ModelAdapter):
     @classmethod
     def load(cls, settings: Settings) -> ServingCore:
         """The family named by the settings (CEREBRO_FAMILY; auto = from config.json), loaded once."""
-        family_class = get_family(settings.family, settings.model_dir)
+        started = time.perf_counter()
+        family_class = get_family(settings.family, settings.model_dir)  # imports its model code
+        family_import_s = time.perf_counter() - started
         device, dtype = resolve_device_and_dtype(settings)
         try:
             attention = resolve_attention(settings.attention)
@@ -111,7 +113,9 @@ class ServingCore(ModelAdapter):
         if decoder is None and settings.engine != "plain":
             log.info("engine=plain family=%s reason=%s", family.name, family.plain_reason or "no decoder")
         core = cls(family, settings.max_context_tokens, engine)
-        core.timings.update(weights_s=loaded - started, engine_s=time.perf_counter() - loaded)
+        core.timings.update(
+            family_import_s=family_import_s, weights_s=loaded - started, engine_s=time.perf_counter() - loaded
+        )
         return core
 
     def describe(self) -> dict[str, str]:

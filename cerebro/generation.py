@@ -18,12 +18,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from cerebro.finish import LogitsConstraint, finish_after
 from cerebro.request import LIMITS
 
 
@@ -35,37 +35,6 @@ class SamplingParams:
     top_k: int = int(LIMITS["top_k"].default or 0)  # 0 = off
     repetition_penalty: float = float(LIMITS["repetition_penalty"].default or 0.0)
     seed: int = 0
-
-
-class FinishReason(StrEnum):
-    """Why a request's generation ended (GenerationStats.finish_reason, the engines' streams)."""
-
-    STOP = "stop"  # a stop token, or a JSON constraint whose value is complete
-    LENGTH = "length"  # max_new_tokens
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
-def finish_after(
-    token: int,
-    count: int,
-    *,
-    stop_ids: frozenset[int],
-    constraint: LogitsConstraint | None,
-    max_new_tokens: int,
-) -> FinishReason | None:
-    """The one stop rule, for every engine: after the `count`-th new token, is the request done?"""
-    if token in stop_ids or (constraint is not None and constraint.is_finished()):
-        return FinishReason.STOP
-    if count >= max_new_tokens:
-        return FinishReason.LENGTH
-    return None
-
-
-class LogitsConstraint(Protocol):
-    def mask(self, logits: torch.Tensor) -> None: ...  # in place, [V]
-    def accept(self, token: int) -> None: ...
-    def is_finished(self) -> bool: ...
 
 
 class Sampler:

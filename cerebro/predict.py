@@ -42,7 +42,7 @@ from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
 # engine decodes up to CEREBRO_MAX_BATCH of them together; the rest wait in its queue, holding no KV cache.
 from cerebro.deploy import CONCURRENCY
 from cerebro.errors import CerebroError, GenerationError, ImageError, ServerError, WeightsError
-from cerebro.generation import FinishReason
+from cerebro.finish import FinishReason
 from cerebro.request import LIMITS, build_request, check_capabilities
 from cerebro.settings import Settings
 from cerebro.utils import (

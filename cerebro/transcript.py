@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from cerebro.adapters.base import GenerationStats
-from cerebro.generation import FinishReason, IncrementalDecoder
+from cerebro.finish import FinishReason
+from cerebro.generation import IncrementalDecoder
 from cerebro.request import GenerationRequest
 from cerebro.structured import validate_output
 

@@ -38,7 +38,7 @@ class GenerationStats:
     output_token_count: int = 0
     time_to_first_token: float | None = None  # seconds, from request start (preprocessing included)
     tokens_per_second: float | None = None  # decode rate after the first token
-    finish_reason: str = ""  # a generation.FinishReason (a str) once the request ends
+    finish_reason: str = ""  # a finish.FinishReason (a str) once the request ends
     seed: int | None = None  # the seed actually used, so a sampled answer can be reproduced
 
 

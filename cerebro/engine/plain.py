@@ -15,7 +15,8 @@ from typing import Any
 
 from cerebro.engine.scheduler import Job
 from cerebro.errors import ServerError
-from cerebro.generation import FinishReason, finish_after, generate_tokens
+from cerebro.finish import FinishReason, finish_after
+from cerebro.generation import generate_tokens
 
 log = logging.getLogger(__name__)
 

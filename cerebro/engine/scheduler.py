@@ -38,7 +38,8 @@ from cerebro.engine.forward import BatchForward
 from cerebro.engine.kv_cache import RowKVCache
 from cerebro.engine.stream import TokenStream
 from cerebro.errors import CapacityError, ServerError
-from cerebro.generation import FinishReason, LogitsConstraint, Sampler, finish_after
+from cerebro.finish import FinishReason, LogitsConstraint, finish_after
+from cerebro.generation import Sampler
 from cerebro.utils.logs import OPERATOR_LOGGER
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 
 The engine calls `put(token)` for every new token, then exactly one of `finish(reason)` or
 `fail(error)`. A reader iterates token ids (`for` or `async for`); a failure is raised in the reader,
-and `finish_reason` (a generation.FinishReason) says why the stream ended.
+and `finish_reason` (a finish.FinishReason) says why the stream ended.
 
 Not here: text (the adapter decodes tokens), sampling (scheduler.py).
 """
@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from cerebro.generation import FinishReason
+from cerebro.finish import FinishReason
 
 _END = object()
 

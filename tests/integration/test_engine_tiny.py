@@ -34,7 +34,8 @@ from PIL import Image
 from cerebro.engine import Engine, Job, PlainEngine, TokenStream
 from cerebro.errors import CapacityError, ServerError
 from cerebro.families.phi3_v import phi3v_decoder
-from cerebro.generation import LogitsConstraint, Sampler, SamplingParams, generate_tokens
+from cerebro.finish import LogitsConstraint
+from cerebro.generation import Sampler, SamplingParams, generate_tokens
 from cerebro.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
 from cerebro.models.phi3_v.tiny import write_tiny_model
 from cerebro.structured import JsonSchemaCompiler
