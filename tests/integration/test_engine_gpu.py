@@ -92,3 +92,57 @@ def test_a_single_graphed_request_gives_the_plain_paths_greedy_tokens(tiny_model
         )
     )
     assert _engine_tokens(model, [inputs], graphs=True) == [plain]
+
+
+def test_a_llama_decoder_family_replays_its_graphs_with_the_eager_and_plain_tokens(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """The model-agnostic engine on another decoder: a tiny SmolVLM (Idefics3, Llama layers) in float32,
+    three requests of different lengths; graph replay equals eager decoding, and each equals the plain
+    path's greedy tokens."""
+    from cerebro.families.base import LoadOptions
+    from cerebro.families.hf_vlm import HFVisionLanguageFamily
+    from cerebro.models.tiny_hf import write_tiny_smolvlm
+    from cerebro.request import GenerationRequest
+    from tests.support import plain_tokens
+
+    folder = write_tiny_smolvlm(tmp_path / "smolvlm", tokenizer_dir, seed=5)
+    family = HFVisionLanguageFamily.load(folder, LoadOptions(CUDA, torch.float32, "sdpa"))
+    requests = [
+        GenerationRequest(
+            prompt="What is this? " * (k + 1),
+            images=(Image.new("RGB", (64 + 16 * k, 48), (60 * k, 120, 200)),),
+            max_new_tokens=10 + 5 * k,
+        )
+        for k in range(3)
+    ]
+
+    def engine_tokens(graphs: bool) -> list[list[int]]:
+        decoder = family.decoder()
+        assert decoder is not None
+        engine = Engine(decoder, rows=2, capacity=512, cuda_graphs=graphs)
+        try:
+            if graphs:
+                assert engine.capture_graphs()[0] > 0
+            streams = []
+            for request in requests:
+                inputs = family.model_inputs(request)
+                stream = TokenStream()
+                engine.submit(
+                    Job(
+                        input_ids=inputs.input_ids,
+                        extras=inputs.extras,
+                        max_new_tokens=request.max_new_tokens,
+                        sampler=Sampler(SamplingParams(), CUDA),
+                        stop_ids=frozenset(),
+                        stream=stream,
+                    )
+                )
+                streams.append(stream)
+            return [list(s) for s in streams]
+        finally:
+            engine.close()
+
+    graphed = engine_tokens(graphs=True)
+    assert graphed == engine_tokens(graphs=False)
+    assert graphed == [plain_tokens(family, r, frozenset()) for r in requests]
