@@ -65,3 +65,21 @@ def plain_tokens(family: Any, request: Any, stop_ids: frozenset[int]) -> list[in
             stop_ids=stop_ids,
         )
     )
+
+
+def greedy_job(family: Any, request: Any) -> Any:
+    """An engine Job for a family's inputs of `request`: greedy, no stop tokens, on the model's device."""
+    import torch
+
+    from cerebro.engine import Job
+    from cerebro.generation import Sampler, SamplingParams
+
+    inputs = family.model_inputs(request)
+    device = getattr(family.model, "device", torch.device("cpu"))
+    return Job(
+        input_ids=inputs.input_ids,
+        extras=inputs.extras,
+        max_new_tokens=request.max_new_tokens,
+        sampler=Sampler(SamplingParams(), device),
+        stop_ids=frozenset(),
+    )

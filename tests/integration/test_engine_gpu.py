@@ -104,7 +104,7 @@ def test_a_llama_decoder_family_replays_its_graphs_with_the_eager_and_plain_toke
     from cerebro.families.hf_vlm import HFVisionLanguageFamily
     from cerebro.models.tiny_hf import write_tiny_smolvlm
     from cerebro.request import GenerationRequest
-    from tests.support import plain_tokens
+    from tests.support import greedy_job, plain_tokens
 
     folder = write_tiny_smolvlm(tmp_path / "smolvlm", tokenizer_dir, seed=5)
     family = HFVisionLanguageFamily.load(folder, LoadOptions(CUDA, torch.float32, "sdpa"))
@@ -124,22 +124,10 @@ def test_a_llama_decoder_family_replays_its_graphs_with_the_eager_and_plain_toke
         try:
             if graphs:
                 assert engine.capture_graphs()[0] > 0
-            streams = []
-            for request in requests:
-                inputs = family.model_inputs(request)
-                stream = TokenStream()
-                engine.submit(
-                    Job(
-                        input_ids=inputs.input_ids,
-                        extras=inputs.extras,
-                        max_new_tokens=request.max_new_tokens,
-                        sampler=Sampler(SamplingParams(), CUDA),
-                        stop_ids=frozenset(),
-                        stream=stream,
-                    )
-                )
-                streams.append(stream)
-            return [list(s) for s in streams]
+            jobs = [greedy_job(family, request) for request in requests]
+            for job in jobs:
+                engine.submit(job)
+            return [list(job.stream) for job in jobs]
         finally:
             engine.close()
 

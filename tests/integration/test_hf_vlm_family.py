@@ -35,15 +35,14 @@ from safetensors.torch import load_file, save_file
 
 from cerebro.adapters import GenerationStats
 from cerebro.core import ServingCore
-from cerebro.engine import Engine, Job, PlainEngine, TokenStream
+from cerebro.engine import Engine, PlainEngine, TokenStream
 from cerebro.errors import InputError, PromptError, WeightsError
 from cerebro.families.base import LoadOptions
 from cerebro.families.hf_vlm import HFVisionLanguageFamily
-from cerebro.generation import Sampler, SamplingParams
 from cerebro.models.tiny_hf import write_tiny_qwen2_vl, write_tiny_smolvlm
 from cerebro.predict import iterate, run_inputs
 from cerebro.request import GenerationRequest
-from tests.support import MetricsPredictor, plain_tokens, quadrants, set_up_predictor
+from tests.support import MetricsPredictor, greedy_job, plain_tokens, quadrants, set_up_predictor
 
 pytestmark = pytest.mark.fixtures
 
@@ -236,18 +235,7 @@ def test_smolvlm_batching_engine_equals_the_plain_path_for_concurrent_requests(
     assert decoder is not None
     engine = Engine(decoder, rows=2, capacity=512, cuda_graphs=False)
     try:
-        jobs = []
-        for request in requests:
-            inputs = family.model_inputs(request)
-            jobs.append(
-                Job(
-                    input_ids=inputs.input_ids,
-                    extras=inputs.extras,
-                    max_new_tokens=request.max_new_tokens,
-                    sampler=Sampler(SamplingParams(), CPU),
-                    stop_ids=frozenset(),
-                )
-            )
+        jobs = [greedy_job(family, request) for request in requests]
         assert jobs[0].input_ids.shape[1] < jobs[1].input_ids.shape[1]  # different lengths
         results: list[list[int]] = [[], []]
         done = [threading.Event(), threading.Event()]
