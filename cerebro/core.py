@@ -108,7 +108,7 @@ class ServingCore(ModelAdapter):
             settings,
             decoder=decoder,
             plain_model=family.plain_model(),
-            max_positions=min(settings.max_context_tokens, family.max_positions),
+            max_context_tokens=min(settings.max_context_tokens, family.max_positions),
         )
         if decoder is None and settings.engine != "plain":
             log.info("engine=plain family=%s reason=%s", family.name, family.plain_reason or "no decoder")

@@ -106,19 +106,20 @@ def _available_bytes(device: torch.device) -> int:
 
 
 def build_engine(
-    settings: Settings, *, decoder: Decoder | None, plain_model: Any, max_positions: int
+    settings: Settings, *, decoder: Decoder | None, plain_model: Any, max_context_tokens: int
 ) -> Engine | PlainEngine:
     """The batching engine over `decoder`, or the plain engine over `plain_model` when the settings ask
-    for it or the family has no Decoder (see decoder.py)."""
+    for it or the family has no Decoder (see decoder.py). `max_context_tokens`: the longest request served
+    (the setting, capped by the model's own context window); no row is sized beyond it."""
     if settings.engine == "plain" or decoder is None:
-        return PlainEngine(plain_model, capacity=max_positions)
+        return PlainEngine(plain_model, capacity=max_context_tokens)
     geometry = plan_geometry(
         decoder.shape,
         decoder.dtype,
         decoder.device,
         max_batch=settings.max_batch,
         kv_cache_tokens=settings.kv_cache_tokens,
-        max_context_tokens=settings.max_context_tokens,
+        max_context_tokens=max_context_tokens,
     )
     log.info(
         "engine rows=%d capacity_tokens=%d kv_cache_gb=%.2f budget_tokens=%d",

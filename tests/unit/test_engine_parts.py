@@ -287,17 +287,23 @@ def test_batched_decode_equals_prefill_of_the_longer_sequence_per_row(tiny_model
 def test_build_engine_follows_the_settings(tiny_model: Phi3VForCausalLM) -> None:
     decoder = phi3v_decoder(tiny_model)
     plain = build_engine(
-        Settings(engine="plain"), decoder=decoder, plain_model=tiny_model, max_positions=1024
+        Settings(engine="plain"), decoder=decoder, plain_model=tiny_model, max_context_tokens=1024
     )
     settings = Settings(max_batch=2, kv_cache_tokens=1200, max_context_tokens=4096, cuda_graphs=True)
-    batched = build_engine(settings, decoder=decoder, plain_model=tiny_model, max_positions=1024)
-    no_decoder = build_engine(settings, decoder=None, plain_model=tiny_model, max_positions=1024)
+    batched = build_engine(settings, decoder=decoder, plain_model=tiny_model, max_context_tokens=1024)
+    no_decoder = build_engine(settings, decoder=None, plain_model=tiny_model, max_context_tokens=1024)
     try:
         assert isinstance(plain, PlainEngine)
         assert isinstance(batched, Engine) and (batched.rows, batched.capacity) == (2, 512)
         assert batched.cache.keys[0].shape == (2, 4, 512, 16)
         assert not batched.forward.cuda_graphs  # on CPU
         assert isinstance(no_decoder, PlainEngine)  # a family without a Decoder: the plain path
+        # A budget for 100,000 tokens and a 32768-token setting: one row still holds only what the model's
+        # own context window (1024 here) can use.
+        roomy = Settings(max_batch=1, kv_cache_tokens=100_000, max_context_tokens=32768)
+        capped = build_engine(roomy, decoder=decoder, plain_model=tiny_model, max_context_tokens=1024)
+        assert isinstance(capped, Engine) and capped.capacity == 1024
+        capped.close()
         assert (plain.rows, plain.capacity) == (1, 1024)
     finally:
         plain.close()
