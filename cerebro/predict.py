@@ -254,8 +254,12 @@ class Predictor(BaseRunner):
                 cancel.set()  # the thread stops at its next step and nothing reaches the engine
                 stats.finish_reason = FinishReason.CANCELLED
                 raise
-            async for piece in self.adapter.astream(prepared, stats):
-                yield piece
+            try:
+                async for piece in self.adapter.astream(prepared, stats):
+                    yield piece
+            except asyncio.CancelledError:  # the adapter's stream frees its row on the way out
+                stats.finish_reason = FinishReason.CANCELLED
+                raise
         except CerebroError as err:
             log.info(
                 "prediction_failed code=%s field=%s caller_error=%s", err.code, err.field, err.is_caller_error
