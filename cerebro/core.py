@@ -207,7 +207,8 @@ class ServingCore(ModelAdapter):
             yield tail
 
     def counters(self) -> dict[str, int]:
-        return {"engine_jobs": self.engine.submitted}
+        running, waiting = self.engine.load()  # after this request left: what else holds a row or waits
+        return {"engine_jobs": self.engine.submitted, "engine_running": running, "engine_waiting": waiting}
 
     def warmup(self) -> float:
         """Capture the decode CUDA graphs (GPU), then one short generation on the family's warm-up

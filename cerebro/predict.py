@@ -12,8 +12,11 @@ path. As strings they reach Cerebro untouched, and cerebro/utils fetches them un
 and one deadline, or refuses them (a local path: E1106, before any filesystem access).
 
 One request, in order: validate and open the images (headers only) -> check its pixels -> wait for
-the memory budget -> decode and preprocess (a worker thread) -> hand the job to the engine (on the
-event loop, so a cancel that arrived while preparing means the job is never queued) -> stream text.
+the memory budget -> decode and preprocess (a worker thread; a cancel meanwhile means the job is never
+queued) -> return the pieces. Streamed (the default on coglet 0.23.1): run() returns a generator that
+coglet iterates on the prediction's slot thread; its first next() hands the job to the engine, and the
+prediction's cancel Event (cerebro/coglet_bridge.py) stops it at the engine's next step. Buffered (the
+gate's fallback): run() awaits every piece and returns the list, and coglet cancels the coroutine.
 
 Errors are translated here, once: Cerebro's own errors keep their code (the Cog server shows
 "ImageError: E1103 ..."), anything unexpected becomes "E2000 internal error (incident ID)" with the
@@ -23,6 +26,7 @@ traceback in the operator's log only, and a CUDA out-of-memory error fails only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -30,12 +34,12 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from cog import AsyncConcatenateIterator, BaseRunner, Input, concurrent, streaming
+from cog import BaseRunner, CancelationException, ConcatenateIterator, Input, concurrent, streaming
 
-from cerebro import budget
+from cerebro import budget, coglet_bridge
 from cerebro.adapters import GenerationStats, ModelAdapter, get_adapter
 
 # Predictions the server runs at once (cog.yaml's concurrency.max, written from the same constant). The
@@ -109,18 +113,23 @@ class Predictor(BaseRunner):
         )
         memory_mb = self.settings.preprocess_memory_mb
         self.memory = budget.MemoryBudget(memory_mb * 2**20 if memory_mb else budget.default_capacity())
+        # Streamed when coglet is the version whose cancel the bridge can deliver; buffered otherwise.
+        self.shape = coglet_bridge.install()
         self._dropped = 0  # requests cancelled while being prepared (never queued)
         self._dropped_lock = threading.Lock()
         load_s = time.perf_counter() - imported
         warmup_s = self.adapter.warmup() if self.settings.warmup and hasattr(self.adapter, "warmup") else 0.0
         details = " ".join(f"{k}={v}" for k, v in self.adapter.describe().items())
         log.info(
-            "setup_s=%.2f import_s=%.2f load_s=%.2f warmup_s=%.2f preprocess_memory_mb=%d %s",
+            "setup_s=%.2f import_s=%.2f load_s=%.2f warmup_s=%.2f preprocess_memory_mb=%d "
+            "stream_shape=%s stream_reason=%s %s",
             time.perf_counter() - started,
             imported - started,
             load_s,
             warmup_s,
             self.memory.capacity // 2**20,
+            "streamed" if self.shape.streaming else "buffered",
+            self.shape.reason,
             details,
         )
 
@@ -160,30 +169,92 @@ class Predictor(BaseRunner):
             default="",
             description="A JSON Schema (as a string): the answer is JSON that validates against it.",
         ),
-    ) -> AsyncConcatenateIterator[str]:
+    ) -> ConcatenateIterator[str]:
         sources: list[tuple[str, Any]] = []
         if image is not None and image != "":
             sources.append(("image", image))
         if isinstance(images, str | os.PathLike):  # a lone value where a list was expected
             images = [images]
         sources += [(f"images[{i}]", src) for i, src in enumerate(images or [])]
-        pieces = self._stream(
-            dict(
-                prompt=prompt,
-                system_prompt=system_prompt,
-                json_schema=json_schema,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                repetition_penalty=repetition_penalty,
-                seed=seed,
-                num_crops=num_crops,
-            ),
-            sources,
+        inputs = dict(
+            prompt=prompt,
+            system_prompt=system_prompt,
+            json_schema=json_schema,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            num_crops=num_crops,
         )
-        async for piece in pieces:
-            yield piece
+        return await self._serve(inputs, sources)
+
+    async def _serve(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> Any:
+        """Prepare here (a cancel is a CancelledError, as for any coroutine), then either return the
+        streamed generator (when this prediction's cancel can reach it) or the buffered list of pieces."""
+        stats = GenerationStats()
+        found = coglet_bridge.cancel_event() if self.shape.streaming else None
+        cancel = found or threading.Event()
+        with self._edge(stats):
+            try:
+                # CPU work off the event loop, so that the other concurrent predictions keep streaming.
+                prepared = await asyncio.to_thread(self._prepare, inputs, sources, stats, cancel)
+            except asyncio.CancelledError:
+                cancel.set()  # the thread stops at its next step and nothing reaches the engine
+                raise
+            if found is None:  # buffered: coglet cancels this coroutine itself
+                if self.shape.streaming:
+                    log.info("stream_shape=buffered reason=no_cancel_event")
+                pieces = [piece async for piece in self.adapter.astream(prepared, stats)]
+                self._record(stats)
+                return pieces
+        return coglet_bridge.in_context(self._streamed(prepared, stats, cancel))
+
+    def _streamed(self, prepared: Any, stats: GenerationStats, cancel: threading.Event) -> Iterator[str]:
+        """The streamed shape, iterated by coglet on the prediction's slot thread: the job reaches the
+        engine at the first next(), and stops at the engine's next step once `cancel` is set."""
+        with self._edge(stats):
+            if cancel.is_set():  # cancelled after preparing, before its first piece was asked for
+                self._count_dropped("queued")
+                raise CancelationException("cancelled before generating")
+            for piece in self.adapter.stream(prepared, stats, cancel):
+                if cancel.is_set():
+                    break  # nothing more reaches the caller once the cancel is in
+                yield piece
+            else:
+                if stats.finish_reason != FinishReason.CANCELLED:  # the engine ended it for another reason
+                    self._record(stats)
+                    return
+            raise CancelationException("cancelled while generating")
+
+    @contextlib.contextmanager
+    def _edge(self, stats: GenerationStats) -> Iterator[None]:
+        """The error edge, once for both shapes: whatever ends the prediction early is recorded (metrics,
+        its log line) and reaches the caller as ours (with its code), as a cancel, or translated."""
+        try:
+            yield
+        except BaseException as err:
+            edge = self._caller_sees(err, stats)
+            self._record(stats)
+            if edge is err:
+                raise
+            raise edge from err
+
+    def _caller_sees(self, err: BaseException, stats: GenerationStats) -> BaseException:
+        """What the caller gets for `err`: ours keeps its code; a cancel stays a cancel; anything else is
+        translated (out of memory: E2031; a bug: E2000 with an incident id)."""
+        if isinstance(err, Exception) and not stats.finish_reason:
+            stats.finish_reason = FinishReason.ERROR
+        if isinstance(err, CerebroError):
+            log.info(
+                "prediction_failed code=%s field=%s caller_error=%s", err.code, err.field, err.is_caller_error
+            )
+            return err
+        if not isinstance(err, Exception):  # CancelledError, CancelationException, GeneratorExit
+            stats.finish_reason = FinishReason.CANCELLED
+            return err
+        return _translate(err)
 
     def _prepare(
         self,
@@ -239,36 +310,12 @@ class Predictor(BaseRunner):
                 return self.adapter.prepare(request, stats)
         finally:
             if cancel.is_set():
-                with self._dropped_lock:
-                    self._dropped += 1
-                log.info("prediction_dropped stage=preparing reason=cancelled")
+                self._count_dropped("preparing")
 
-    async def _stream(self, inputs: dict[str, Any], sources: list[tuple[str, Any]]) -> AsyncIterator[str]:
-        stats = GenerationStats()
-        cancel = threading.Event()
-        try:
-            try:
-                # CPU work off the event loop, so that the other concurrent predictions keep streaming.
-                prepared = await asyncio.to_thread(self._prepare, inputs, sources, stats, cancel)
-            except asyncio.CancelledError:
-                cancel.set()  # the thread stops at its next step and nothing reaches the engine
-                stats.finish_reason = FinishReason.CANCELLED
-                raise
-            try:
-                async for piece in self.adapter.astream(prepared, stats):
-                    yield piece
-            except asyncio.CancelledError:  # the adapter's stream frees its row on the way out
-                stats.finish_reason = FinishReason.CANCELLED
-                raise
-        except CerebroError as err:
-            log.info(
-                "prediction_failed code=%s field=%s caller_error=%s", err.code, err.field, err.is_caller_error
-            )
-            raise
-        except Exception as err:
-            raise _translate(err) from err
-        finally:
-            self._record(stats)
+    def _count_dropped(self, stage: str) -> None:
+        with self._dropped_lock:
+            self._dropped += 1
+        log.info("prediction_dropped stage=%s reason=cancelled", stage)
 
     def _record(self, stats: GenerationStats) -> None:
         self.record_metric("input_token_count", stats.input_token_count)
@@ -290,18 +337,32 @@ class Predictor(BaseRunner):
         )
 
 
-def iterate(pieces: AsyncIterator[str]) -> Iterator[str]:
-    """Drive the async `run()` from synchronous code (the CLI, tests): a private event loop, one piece
-    at a time, so pieces still arrive as they are made."""
+def iterate(run_call: Coroutine[Any, Any, Any]) -> Iterator[str]:
+    """Drive `run()` from synchronous code (the CLI, tests) on a private event loop. It declares the
+    prediction's cancel Event as coglet's hook does (cerebro/coglet_bridge.py), so pieces arrive as they
+    are made; closing this iterator early (or Ctrl-C) cancels the prediction."""
+    cancel = threading.Event()
     loop = asyncio.new_event_loop()
+    pieces: Any = None
     try:
-        while True:
-            try:
-                yield loop.run_until_complete(anext(pieces))
-            except StopAsyncIteration:
-                return
+        with coglet_bridge.submission(cancel):
+            task = loop.create_task(run_call)  # the task starts in a copy of this context
+        try:
+            pieces = loop.run_until_complete(task)
+        except BaseException:
+            cancel.set()
+            if not task.done():  # interrupted while preparing: let run() see its CancelledError
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            raise
+        yield from pieces
     finally:
-        loop.run_until_complete(pieces.aclose())  # type: ignore[attr-defined]
+        cancel.set()
+        close = getattr(pieces, "close", None)  # the streamed shape: its row is freed at the next step
+        if close is not None:
+            close()
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
 

@@ -70,7 +70,8 @@ OUTCOMES = ("succeeded", "422", "E1xxx", "E2xxx", "uncoded", "hang", "other-http
 FLAGS = ("leaky", "unexpected", "fetched")
 BAD = ("E2xxx", "uncoded", "hang")
 # Cerebro's code is the first E#### right after an exception type name:
-# "Prediction failed: Async prediction failed: ImageError: E1103 image cannot be decoded ..."
+# "Prediction failed: Async prediction failed: ImageError: E1103 image cannot be decoded ..." (while
+# preparing) or "Prediction failed: Generator iteration error: InputError: E1302 ..." (while streaming)
 CODE_RE = re.compile(r"\b[A-Za-z_]\w*: (E\d{4})\b")
 LEAK_RE = re.compile(r'Traceback|File "|\.py|/site-packages/|\.cc:')
 MAX_MESSAGE_CHARS = 2000
@@ -641,7 +642,8 @@ def classify(resp: httpx.Response) -> tuple[str, str, str, bool]:
     code = match.group(1) if match else ""
     outcome = "E1xxx" if code.startswith("E1") else "E2xxx" if code.startswith("E2") else "uncoded"
     if outcome == "uncoded":  # coglet's own failures (such as fetching a URL input) never reach the runner
-        code = "uncoded:runner" if "Async prediction failed" in message else "uncoded:cog"
+        runner = ("Async prediction failed", "Generator iteration error")  # run() itself, or its stream
+        code = "uncoded:runner" if any(words in message for words in runner) else "uncoded:cog"
     return outcome, code, message, logs_tb
 
 

@@ -27,6 +27,7 @@ class PlainEngine:
         self.rows, self.capacity = 1, capacity
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.submitted = 0  # requests ever queued
+        self._current: Job | None = None  # the request being generated (the engine thread writes it)
         self._thread = threading.Thread(target=self._loop, name="cerebro-plain-engine", daemon=True)
         self._thread.start()
 
@@ -36,21 +37,29 @@ class PlainEngine:
         self._jobs.put(job)
         self.submitted += 1
 
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) requests right now."""
+        return int(self._current is not None), self._jobs.qsize()
+
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
+            self._current = job
             try:
-                self._run(job)
+                reason = self._run(job)
             except BaseException as err:
+                self._current = None
                 job.stream.fail(err)
+                continue
+            self._current = None  # first: a reader woken by the end sees the engine free
+            job.stream.finish(reason)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> FinishReason:
         if job.stream.cancelled:
-            job.stream.finish(FinishReason.CANCELLED)
-            return
+            return FinishReason.CANCELLED
         inputs = {"input_ids": job.input_ids, **job.extras}
         reason: FinishReason | None = None
         for count, token in enumerate(
@@ -74,4 +83,4 @@ class PlainEngine:
                 max_new_tokens=job.max_new_tokens,
             )
         # No reason: the loop ended before a stop or the length limit, which only a cancel does.
-        job.stream.finish(reason or (FinishReason.CANCELLED if job.stream.cancelled else FinishReason.LENGTH))
+        return reason or (FinishReason.CANCELLED if job.stream.cancelled else FinishReason.LENGTH)

@@ -198,6 +198,9 @@ class Engine:
             job.stream.fail(err)
             self._after_failure(err)
             return
+        if job.stream.cancelled:  # cancelled during its prefill: its first token never reaches the reader
+            job.stream.finish(FinishReason.CANCELLED)
+            return
         job.row, job.length, job.variant = row, job.prompt_length, self.forward.variant(job.prompt_length)
         job.extras = {}  # the features live on in `reuse`; let the pixels go
         self._running.append(job)

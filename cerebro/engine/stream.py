@@ -34,8 +34,10 @@ class TokenStream:
         self._loop, self._async_queue = loop, asyncio.Queue()
 
     def cancel(self) -> None:
-        """Ask the engine to stop this request (it frees the row at its next step)."""
-        self.cancel_event.set()
+        """Ask the engine to stop this request (it frees the row at its next step); a no-op once it ended,
+        so that an Event shared with the caller is set only by a real cancel."""
+        if not self.finish_reason:
+            self.cancel_event.set()
 
     @property
     def cancelled(self) -> bool:
